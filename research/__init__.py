@@ -1,0 +1,1 @@
+"""Data completion for scarce labelled image data, on one JAX trainer."""
