@@ -1,0 +1,33 @@
+"""A small CNN for 28x28 digits: the cheap baseline classifier."""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class SmallCNN(nn.Module):
+  """Conv(32)-Conv(64)-pool-Conv(128)-pool-Dense(256)-Dense(classes).
+
+  Input: float32 [N, H, W, C] (any H, W >= 8). Output: logits [N, num_classes];
+  with `return_features=True`, also the penultimate features [N, 256].
+  """
+  num_classes: int = 10
+  width: int = 32
+  dropout: float = 0.0
+  axis_name: Optional[str] = None  # unused (no BatchNorm); kept for a uniform signature
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, return_features: bool = False):
+    w = self.width
+    x = nn.relu(nn.Conv(w, (3, 3))(x))
+    x = nn.relu(nn.Conv(2 * w, (3, 3))(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(nn.Conv(4 * w, (3, 3))(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = jnp.mean(x, axis=(1, 2)) if x.shape[1] > 7 else x.reshape(x.shape[0], -1)
+    features = nn.relu(nn.Dense(256, name="penultimate")(x))
+    h = nn.Dropout(self.dropout, deterministic=not train)(features)
+    logits = nn.Dense(self.num_classes, name="head")(h)
+    return (logits, features) if return_features else logits
