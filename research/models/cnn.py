@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 
 class SmallCNN(nn.Module):
-  """Conv(32)-Conv(64)-pool-Conv(128)-pool-Dense(256)-Dense(classes).
+  """Conv(w)-pool-Conv(2w)-pool-Conv(4w)-global-pool-Dense(256)-Dense(classes).
 
   Input: float32 [N, H, W, C] (any H, W >= 8). Output: logits [N, num_classes];
   with `return_features=True`, also the penultimate features [N, 256].
@@ -22,11 +22,11 @@ class SmallCNN(nn.Module):
   def __call__(self, x, train: bool = False, return_features: bool = False):
     w = self.width
     x = nn.relu(nn.Conv(w, (3, 3))(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
     x = nn.relu(nn.Conv(2 * w, (3, 3))(x))
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = nn.relu(nn.Conv(4 * w, (3, 3))(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
-    x = jnp.mean(x, axis=(1, 2)) if x.shape[1] > 7 else x.reshape(x.shape[0], -1)
+    x = jnp.concatenate([jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))], axis=-1)
     features = nn.relu(nn.Dense(256, name="penultimate")(x))
     h = nn.Dropout(self.dropout, deterministic=not train)(features)
     logits = nn.Dense(self.num_classes, name="head")(h)

@@ -1,0 +1,64 @@
+"""Classify the 4,000-image mnist5k training split; test on its 1,000 held-out images.
+
+  python scripts/train.py --config configs/mnist5k_classify.py --workdir runs/cnn
+  python scripts/train.py --config configs/mnist5k_classify.py:quick --workdir runs/q
+  python scripts/train.py --config configs/mnist5k_classify.py:resnet18 --workdir runs/r18
+  python scripts/train.py --config configs/mnist5k_classify.py:augment --workdir runs/aug
+
+Variants (comma-separated, combinable): quick (a < 1 minute smoke run),
+resnet18 (CIFAR ResNet-18 with BatchNorm), augment (on-device augmentation).
+"""
+import ml_collections
+
+
+def get_config(arg: str = ""):
+  args = set(filter(None, arg.split(",")))
+  unknown = args - {"quick", "resnet18", "augment"}
+  if unknown:
+    raise ValueError(f"configs/mnist5k_classify.py: unknown variant(s) {sorted(unknown)}; "
+                     f"valid: quick, resnet18, augment")
+  c = ml_collections.ConfigDict()
+  c.task = "classify"
+  c.seed = 0
+  c.data = ml_collections.ConfigDict(dict(
+      name="mnist5k", train_split="train", eval_split="test", data_dir="",
+      image_size=0, few_shot_k=0, few_shot_seed=0, synthetic="", synthetic_ratio=0.0))
+  c.input = ml_collections.ConfigDict(dict(size=0, channels=0, normalize="unit"))
+  c.model = ml_collections.ConfigDict(dict(name="small_cnn", num_classes=10, dropout=0.3))
+  c.augment = ""
+  c.mix = "none"
+  c.mix_alpha = 1.0
+  c.label_smoothing = 0.1
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw", lr=2e-3, schedule="cosine", warmup_steps=100,
+      weight_decay=1e-4, wd_pattern=r".*kernel", grad_clip_norm=0.0,
+      frozen=(), lr_mults=()))
+  c.batch_size = 128
+  c.eval_batch_size = 500
+  c.num_steps = 1500
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.best_metric = "accuracy"
+  c.best_mode = "max"
+  c.parallel = "pmap"
+  c.progress = True
+  c.distributed = False
+
+  if "resnet18" in args:
+    c.model = ml_collections.ConfigDict(dict(name="resnet18", num_classes=10, width=32))
+    c.optimizer.name = "momentum"
+    c.optimizer.lr = 0.1
+    c.optimizer.weight_decay = 5e-4
+  if "augment" in args:
+    c.augment = "affine(rotate=10,translate=0.1,scale=(0.9,1.1))|random_erasing(0.25)"
+  if "quick" in args:
+    c.num_steps = 60
+    c.log_every = 20
+    c.eval_every = 30
+    c.checkpoint_every = 30
+    c.optimizer.warmup_steps = 10
+    if "resnet18" in args:
+      c.model.width = 8
+  return c

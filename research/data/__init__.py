@@ -1,0 +1,49 @@
+"""The data layer: offline TFDS builders, named TFDS datasets, few-shot subsets,
+real+synthetic mixing, per-process sharding and resumable iteration.
+
+Configured by a `data` ConfigDict:
+  name: dataset ('mnist5k', 'uci_digits' or a prepared TFDS dataset)
+  train_split, eval_split: split names ('train', 'test', 'train[:90%]')
+  data_dir: TFDS data dir ('' = default)
+  image_size: resize on load (0 = native size)
+  few_shot_k: if > 0, keep k labelled training examples per class
+  few_shot_seed: which k-shot subset
+  synthetic: path of an .npz of generated {'image','label'} ('' = none)
+  synthetic_ratio: fraction of every training batch drawn from `synthetic`
+"""
+from __future__ import annotations
+
+from research.data.pipeline import (ArrayIterator, MixIterator, ZipIterator,  # noqa: F401
+                                    eval_batches as eval_batches_from_arrays,
+                                    few_shot, few_shot_indices, split_holdout)
+from research.data.sources import (DatasetNotPreparedError, load, load_npz,  # noqa: F401
+                                   names)
+
+
+def load_train(cfg) -> dict:
+  """The training arrays a data config describes (few-shot subset applied)."""
+  arrays = load(cfg.name, cfg.get("train_split", "train"), cfg.get("data_dir") or None,
+                cfg.get("image_size", 0))
+  if cfg.get("few_shot_k", 0):
+    arrays = few_shot(arrays, cfg.few_shot_k, cfg.get("few_shot_seed", 0))
+  return arrays
+
+
+def train_iterator(cfg, ctx, seed_offset: int = 0):
+  """The resumable training iterator for data config `cfg` and run layout `ctx`."""
+  real = load_train(cfg)
+  seed = ctx.seed + seed_offset
+  if cfg.get("synthetic", "") and cfg.get("synthetic_ratio", 0.0) > 0:
+    synthetic = load_npz(cfg.synthetic)
+    return MixIterator(real, synthetic, cfg.synthetic_ratio, ctx.global_batch_size,
+                       seed, ctx.process_index, ctx.process_count)
+  return ArrayIterator(real, ctx.global_batch_size, seed, ctx.process_index,
+                       ctx.process_count)
+
+
+def eval_batches(cfg, ctx, global_batch_size: int, split: str | None = None):
+  """A callable giving one padded pass over the eval split (see pipeline.eval_batches)."""
+  arrays = load(cfg.name, split or cfg.get("eval_split", "test"),
+                cfg.get("data_dir") or None, cfg.get("image_size", 0))
+  return eval_batches_from_arrays(arrays, global_batch_size, ctx.process_index,
+                                  ctx.process_count)

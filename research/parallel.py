@@ -1,0 +1,154 @@
+"""Data parallelism: the only module that maps a per-device step over devices.
+
+A task writes `train_step(state, batch, rng)` for ONE device, averaging what
+must agree across devices with `lax.pmean(x, AXIS)`. This module runs it:
+
+* `mode='pmap'` (default): `jax.pmap` over the local devices, axis `AXIS`;
+  the state is passed unreplicated (`in_axes=None`) and comes back
+  unreplicated (`out_axes=None`); batches are `[local_devices, per_device, ...]`.
+* `mode='shard_map'`: the same per-device function under
+  `jax.jit(jax.shard_map(...))` over a 1-D mesh of all devices, the form JAX
+  recommends for new code (pmap itself is now built on shard_map).
+
+Both give each device its own PRNG key, folded from the step and the global
+device index, so results do not depend on how a global batch is split.
+Multi-host runs call `initialize_distributed` first; each process feeds its
+local batch and collectives span all processes.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "batch"
+MODES = ("pmap", "shard_map")
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None,
+                           local_device_ids: Any = None) -> None:
+  """Starts `jax.distributed` (multi-host). Arguments default to env/cluster detection.
+
+  On the CPU, collectives across processes need the gloo implementation.
+  """
+  if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=local_device_ids)
+
+
+def check_batch_size(global_batch_size: int) -> int:
+  """Returns the per-device batch size; errors if the devices cannot split the batch."""
+  n = jax.device_count()
+  if global_batch_size % n:
+    raise ValueError(
+        f"batch_size {global_batch_size} is not divisible by the device count {n} "
+        f"({jax.process_count()} process(es) x {jax.local_device_count()} local "
+        f"devices); use a multiple of {n}")
+  return global_batch_size // n
+
+
+def shard(batch: Any, num_devices: int | None = None) -> Any:
+  """Reshapes a process-local batch [B, ...] to [local_devices, B / local_devices, ...]."""
+  n = num_devices or jax.local_device_count()
+
+  def reshape(x):
+    x = np.asarray(x)
+    if x.shape[0] % n:
+      raise ValueError(f"local batch of {x.shape[0]} examples is not divisible by "
+                       f"the {n} local devices")
+    return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+
+  return jax.tree.map(reshape, batch)
+
+
+def _with_device_rng(step_fn):
+  """Gives the per-device fn a key unique to (step, global device index)."""
+
+  def wrapped(state, batch, rng, step):
+    rng = jax.random.fold_in(jax.random.fold_in(rng, step), lax.axis_index(AXIS))
+    return step_fn(state, batch, rng)
+
+  return wrapped
+
+
+def _psum_eval(eval_fn):
+  return lambda state, batch: lax.psum(eval_fn(state, batch), AXIS)
+
+
+def _mesh(devices=None) -> Mesh:
+  return Mesh(np.asarray(devices or jax.devices()), (AXIS,))
+
+
+class DataParallel:
+  """Runs per-device train/eval steps over all devices with one engine.
+
+  Usage:
+    dp = DataParallel(task.train_step, task.eval_step, mode=config.parallel)
+    state = dp.put_state(state)
+    state, metrics = dp.train_step(state, dp.put_batch(shard(batch)), rng, step)
+    sums = dp.eval_step(state, dp.put_batch(shard(eval_batch)))
+  """
+
+  def __init__(self, train_step: Callable, eval_step: Callable | None = None,
+               mode: str = "pmap", donate: bool = True, devices=None):
+    """`devices`: the devices to use (default: all; a subset only on one host)."""
+    if mode not in MODES:
+      raise ValueError(f"parallel: mode must be one of {MODES}, got {mode!r}")
+    self.mode = mode
+    self.devices = list(devices) if devices is not None else None
+    self.num_local_devices = len(self.devices) if devices is not None else jax.local_device_count()
+    train = _with_device_rng(train_step)
+    evaluate = _psum_eval(eval_step) if eval_step is not None else None
+    if mode == "pmap":
+      self.train_step = jax.pmap(train, axis_name=AXIS, in_axes=(None, 0, None, None),
+                                 out_axes=None, devices=self.devices)
+      self.eval_step = (jax.pmap(evaluate, axis_name=AXIS, in_axes=(None, 0), out_axes=None,
+                                 devices=self.devices)
+                        if evaluate else None)
+    else:
+      self.mesh = _mesh(self.devices)
+      self._replicated = NamedSharding(self.mesh, P())
+      self._sharded = NamedSharding(self.mesh, P(AXIS))
+      squeeze = lambda b: jax.tree.map(lambda x: x[0], b)
+      train_shard = jax.shard_map(
+          lambda s, b, r, t: train(s, squeeze(b), r, t), mesh=self.mesh,
+          in_specs=(P(), P(AXIS), P(), P()), out_specs=P(), check_vma=False)
+      self.train_step = jax.jit(train_shard, donate_argnums=(0,) if donate else ())
+      if evaluate:
+        eval_shard = jax.shard_map(lambda s, b: evaluate(s, squeeze(b)), mesh=self.mesh,
+                                   in_specs=(P(), P(AXIS)), out_specs=P(),
+                                   check_vma=False)
+        self.eval_step = jax.jit(eval_shard)
+      else:
+        self.eval_step = None
+
+  def put_state(self, state: Any) -> Any:
+    """Places the state for this engine (replicated across the mesh for shard_map)."""
+    if self.mode == "pmap":
+      return state
+    if jax.process_count() == 1:
+      return jax.device_put(state, self._replicated)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(np.shape(x), self._replicated,
+                                               lambda idx: np.asarray(x)[idx]), state)
+
+  def put_batch(self, batch: Any) -> Any:
+    """Places a sharded local batch [local_devices, per_device, ...] for this engine."""
+    if self.mode == "pmap":
+      return batch
+    if jax.process_count() == 1:
+      return jax.device_put(batch, self._sharded)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self._sharded, np.asarray(x)), batch)
+
+  def to_host(self, tree: Any) -> Any:
+    """Fetches a (replicated) output to host numpy."""
+    return jax.tree.map(np.asarray, jax.device_get(tree))

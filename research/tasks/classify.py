@@ -1,0 +1,158 @@
+"""Supervised classification (and fine-tuning): cross-entropy on labelled images.
+
+Config fields read here (beside the trainer's):
+  model.name, model.* (constructor kwargs, e.g. num_classes)
+  input.size (resize on the device, 0 = as stored), input.channels (1 -> 3 by
+    repeating gray), input.normalize ('unit' = [0, 1], 'imagenet', 'centered')
+  augment (spec string for research.augment, '' = none), mix ('none' | 'mixup' | 'cutmix'), mix_alpha
+  label_smoothing, optimizer.* (research.optim)
+  init.checkpoint / init.dont_load (pretrained weights, see research.transfer)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from research import models, optim
+from research.losses import classification as losses
+from research.metrics import classification as metrics
+from research.parallel import AXIS
+from research.tasks import base
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_NORMALIZE = ("unit", "imagenet", "centered")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def preprocess(images: jax.Array, cfg) -> jax.Array:
+  """uint8 [N, H, W, C] -> float32 [N, size, size, channels] in the range the model expects."""
+  x = images.astype(jnp.float32) / 255.0
+  size = cfg.get("size", 0)
+  if size and x.shape[1:3] != (size, size):
+    x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
+  channels = cfg.get("channels", 0)
+  if channels and x.shape[-1] != channels:
+    if x.shape[-1] != 1:
+      raise ValueError(f"input.channels={channels} but images have {x.shape[-1]} channels")
+    x = jnp.repeat(x, channels, axis=-1)
+  return x
+
+
+def normalize(x: jax.Array, kind: str) -> jax.Array:
+  """Maps [0, 1] images to the model's input range ('unit' leaves them in [0, 1])."""
+  if kind not in _NORMALIZE:
+    raise ValueError(f"input.normalize must be one of {_NORMALIZE}, got {kind!r}")
+  if kind == "imagenet":
+    return (x - IMAGENET_MEAN[: x.shape[-1]]) / IMAGENET_STD[: x.shape[-1]]
+  if kind == "centered":
+    return x * 2.0 - 1.0
+  return x
+
+
+class ClassifyTask(base.Task):
+  """Cross-entropy classifier with optional on-device augmentation and mixing."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    kwargs = dict(config.model)
+    name = kwargs.pop("name")
+    self.num_classes = kwargs.get("num_classes", 10)
+    self.model = models.get_model(name, axis_name=AXIS, **kwargs)
+    self.input_cfg = config.get("input", {})
+    spec = config.get("augment", "")
+    self.augment = None
+    if spec:
+      from research import augment  # pylint: disable=g-import-not-at-top
+      self.augment = augment.build(spec)
+    self.mix = config.get("mix", "none")
+
+  # ---- model plumbing shared with tasks that reuse a classifier ----
+  def inputs(self, images):
+    return normalize(preprocess(images, self.input_cfg), self.input_cfg.get("normalize", "unit"))
+
+  def init_variables(self, rng, batch):
+    x = self.inputs(jnp.asarray(batch["image"][:1]))
+    variables = self.model.init({"params": rng, "dropout": rng}, x, train=False)
+    init = self.config.get("init", {})
+    if init.get("checkpoint", ""):
+      from research import transfer  # pylint: disable=g-import-not-at-top
+      variables = transfer.load_pretrained(variables, init.checkpoint,
+                                           dont_load=tuple(init.get("dont_load", ())))
+    return variables
+
+  def init_state(self, rng, batch):
+    variables = self.init_variables(rng, batch)
+    params = variables["params"]
+    self.tx = optim.make(self.config.optimizer, params, self.config.num_steps)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=self.tx.init(params))
+
+  def apply(self, params, batch_stats, x, train, rng=None):
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    if train:
+      out, updates = self.model.apply(variables, x, train=True, rngs={"dropout": rng},
+                                      mutable=["batch_stats"])
+      return out, updates.get("batch_stats", batch_stats)
+    return self.model.apply(variables, x, train=False), batch_stats
+
+  # ---- per device ----
+  def train_step(self, state, batch, rng):
+    aug_rng, mix_rng, drop_rng = jax.random.split(rng, 3)
+    x = preprocess(batch["image"], self.input_cfg)
+    if self.augment is not None:
+      x = self.augment(aug_rng, x)
+    targets = jax.nn.one_hot(batch["label"], self.num_classes)
+    if self.mix != "none":
+      from research import augment  # pylint: disable=g-import-not-at-top
+      x, targets = augment.mix(mix_rng, x, targets, self.mix, self.config.get("mix_alpha", 1.0))
+    x = normalize(x, self.input_cfg.get("normalize", "unit"))
+    smoothing = self.config.get("label_smoothing", 0.0)
+    if smoothing:
+      targets = losses.smooth_labels(targets, smoothing)
+
+    def loss_fn(params):
+      logits, new_stats = self.apply(params, state.batch_stats, x, True, drop_rng)
+      loss = jnp.mean(losses.softmax_cross_entropy(logits, targets))
+      return loss, (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, AXIS)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
+    metrics_ = lax.pmean({"loss": loss, "accuracy": accuracy}, AXIS)
+    return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                         opt_state=opt_state), metrics_
+
+  def eval_step(self, state, batch):
+    logits, _ = self.apply(state.params, state.batch_stats, self.inputs(batch["image"]), False)
+    mask = batch["mask"]
+    loss = losses.cross_entropy(logits, batch["label"])
+    pred = jnp.argmax(logits, -1)
+    return {"loss_sum": jnp.sum(loss * mask),
+            "count": jnp.sum(mask),
+            "confusion": metrics.confusion_matrix(pred, batch["label"], self.num_classes, mask)}
+
+  # ---- host side ----
+  def summarize_eval(self, sums):
+    out = metrics.precision_recall_f1(sums["confusion"])
+    out["loss"] = float(sums["loss_sum"]) / max(float(sums["count"]), 1.0)
+    out["confusion"] = np.asarray(sums["confusion"]).astype(int).tolist()
+    return out

@@ -1,0 +1,351 @@
+"""The training loop, shared by every task.
+
+Reads top to bottom: set up the workdir and config; build the task, data and
+devices; restore or initialise the state; loop over steps with periodic
+logging, evaluation and checkpointing; stop cleanly on SIGTERM/SIGINT or with
+an error on a non-finite loss. The loop knows nothing about what it trains:
+everything model-specific lives in the task (research/tasks/base.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+from research import parallel, tasks
+from research.tasks.base import DataContext
+
+log = logging.getLogger("research.trainer")
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class ConfigMismatchError(ValueError):
+  pass
+
+
+# ---------------------------------------------------------------- workdir & config
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+# Fields that may change between a run and its resumption without changing what is trained.
+RESUMABLE_FIELDS = ("num_steps", "eval_every", "log_every", "checkpoint_every",
+                    "keep_checkpoints", "progress", "parallel")
+
+
+def check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes config.json; refuses to resume a workdir whose saved config differs."""
+  path = os.path.join(workdir, "config.json")
+  new = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    a, b = _flat(old), _flat(new)
+    diff = sorted(k for k in set(a) | set(b)
+                  if a.get(k, "<missing>") != b.get(k, "<missing>")
+                  and k.split(".")[0] not in RESUMABLE_FIELDS)
+    if diff:
+      lines = "\n".join(f"  {k}: saved {a.get(k, '<missing>')!r} != now {b.get(k, '<missing>')!r}"
+                        for k in diff)
+      raise ConfigMismatchError(
+          f"workdir {workdir!r} holds a run with a different config; refusing to "
+          f"resume it. Differing fields:\n{lines}\nUse a new --workdir, or "
+          f"restore these values.")
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(new, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+class MetricWriter:
+  """metrics.jsonl + TensorBoard; writes only on process 0."""
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    if not self.active:
+      return
+    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:
+      self.tb = None
+
+  def write(self, step: int, split: str, values: dict[str, Any]) -> None:
+    if not self.active:
+      return
+    row = {"step": int(step), "split": split, "time": time.time(), **values}
+    self.jsonl.write(json.dumps(row) + "\n")
+    self.jsonl.flush()
+    if self.tb is not None:
+      for k, v in values.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+          self.tb.add_scalar(f"{split}/{k}", v, step)
+      self.tb.flush()
+
+  def close(self):
+    if self.active:
+      self.jsonl.close()
+      if self.tb is not None:
+        self.tb.close()
+
+
+# ---------------------------------------------------------------- checkpoints
+def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  """Orbax manager: async saves, keeps the last N plus the best by `config.best_metric`."""
+  keep = config.get("keep_checkpoints", 2)
+  policies = [ocm.LatestN(n=keep)]
+  best = config.get("best_metric", "")
+  if best:
+    mode = config.get("best_mode", "max")
+    if mode not in ("max", "min"):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {mode!r}")
+    policies.append(ocm.BestN(get_metric_fn=lambda m: m[best], n=1,
+                              reverse=mode == "min",
+                              keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=ocm.AnyPreservationPolicy(policies),
+      enable_async_checkpointing=config.get("async_checkpointing", True),
+      create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                               options=options)
+
+
+def save_checkpoint(mngr, step: int, state, data_state: dict, metrics=None) -> None:
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          data=ocp.args.JsonSave(data_state)),
+            metrics=metrics, force=True)
+
+
+def restore_checkpoint(mngr, abstract_state) -> tuple[int, Any, dict] | None:
+  """Restores the newest readable checkpoint, falling back to older ones if it is corrupt."""
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      return step, restored["state"], restored["data"]
+    except Exception as e:  # pylint: disable=broad-except
+      msg = (f"checkpoint at step {step} in {mngr.directory} is unreadable "
+             f"({type(e).__name__}: {str(e)[:200]}); falling back to the previous one")
+      log.warning(msg)
+      print(f"WARNING: {msg}", flush=True)
+  return None
+
+
+def load_state(workdir: str, config=None, step: int | None = None):
+  """Loads a finished run's task state from its workdir (for sampling, metrics, teachers).
+
+  Returns (task, state) with the state on the host.
+  """
+  if config is None:
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  task = tasks.get_task(config.task, config)
+  ctx = DataContext(global_batch_size=config.batch_size, seed=config.seed)
+  it = task.train_data(ctx)
+  example = jax.tree.map(lambda x: x[:max(1, len(x) // 8)], next(it))
+  abstract = jax.eval_shape(lambda: task.init_state(jax.random.PRNGKey(config.seed), example))
+  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))
+  return task, restored["state"]
+
+
+# ---------------------------------------------------------------- progress
+class Progress:
+  """A one-line progress bar: step, loss, images/s and ETA (tqdm when interactive)."""
+
+  def __init__(self, total: int, initial: int, enabled: bool):
+    self.bar = None
+    if enabled:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                      mininterval=1.0)
+
+  def update(self, step: int, values: dict[str, float]):
+    if self.bar is not None:
+      self.bar.n = step
+      self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=True)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+class _StopSignal:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.received = None
+
+  @contextlib.contextmanager
+  def installed(self):
+    old = {}
+    def handler(signum, frame):
+      del frame
+      self.received = signal.Signals(signum).name
+    try:
+      for s in (signal.SIGTERM, signal.SIGINT):
+        old[s] = signal.signal(s, handler)
+    except ValueError:  # not the main thread: leave signals alone
+      pass
+    try:
+      yield self
+    finally:
+      for s, h in old.items():
+        signal.signal(s, h)
+
+
+def _first_nonfinite(history: list[tuple[int, dict]]) -> int | None:
+  for step, m in history:
+    if not math.isfinite(float(m["loss"])):
+      return step
+  return None
+
+
+# ---------------------------------------------------------------- main entry
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config.task` as the config says, in `workdir`; returns the final eval metrics."""
+  if config.get("distributed", False) and jax.process_count() == 1:
+    parallel.initialize_distributed()
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  check_and_write_config(config, workdir)
+
+  # Task, layout, data.
+  task = tasks.get_task(config.task, config)
+  per_device = parallel.check_batch_size(config.batch_size)
+  ctx = DataContext(global_batch_size=config.batch_size, process_index=jax.process_index(),
+                    process_count=jax.process_count(), seed=config.seed)
+  train_iter = task.train_data(ctx)
+  eval_batches = task.eval_data(ctx)
+  dp = parallel.DataParallel(task.train_step, task.eval_step,
+                             mode=config.get("parallel", "pmap"))
+
+  # State: initialise (shapes from one per-device batch), then restore if possible.
+  start = train_iter.get_state()
+  example = jax.tree.map(lambda x: x[:per_device], next(train_iter))
+  train_iter.set_state(start)
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  state = task.init_state(init_rng, example)
+  mngr = make_checkpoint_manager(workdir, config)
+  step = 0
+  restored = restore_checkpoint(mngr, jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+  if restored is not None:
+    step, state, data_state = restored
+    train_iter.set_state(data_state)
+    log.info("resumed from step %d", step)
+    print(f"Resumed {workdir} from step {step}", flush=True)
+  state = dp.put_state(state)
+
+  writer = MetricWriter(workdir)
+  num_steps = config.num_steps
+  log_every = config.get("log_every", 50)
+  eval_every = config.get("eval_every", 0) or num_steps
+  ckpt_every = config.get("checkpoint_every", 0) or eval_every
+  progress = Progress(num_steps, step, config.get("progress", True) and jax.process_index() == 0)
+  history: list[tuple[int, dict]] = []
+  last_good = step
+  final_eval: dict[str, Any] = {}
+  t_last, step_last = time.perf_counter(), step
+  stop = _StopSignal()
+
+  def evaluate(state, step):
+    sums = None
+    for batch in eval_batches():
+      out = dp.eval_step(state, dp.put_batch(parallel.shard(batch)))
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    result = task.summarize_eval(dp.to_host(sums))
+    writer.write(step, "eval", {k: v for k, v in result.items()})
+    if jax.process_index() == 0:
+      task.on_eval(state, step, workdir)
+    return result
+
+  def flush_history(step):
+    """Checks the losses since the last flush (one device sync) and logs their mean."""
+    nonlocal history, last_good
+    if not history:
+      return {}
+    host = jax.device_get(history)
+    bad = _first_nonfinite(host)
+    if bad is not None:
+      raise NonFiniteLossError(
+          f"non-finite loss at step {bad} ({host[bad - host[0][0]][1]['loss']}); "
+          f"stopped. The last good checkpoint (step {last_good}) is kept in "
+          f"{workdir}/checkpoints.")
+    means = {k: float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
+    history = []
+    return means
+
+  try:
+    with stop.installed():
+      while step < num_steps:
+        batch = dp.put_batch(parallel.shard(next(train_iter)))
+        state, metrics = dp.train_step(state, batch, train_rng, jnp.int32(step))
+        step += 1
+        history.append((step, metrics))
+        boundary_eval = step % eval_every == 0 or step == num_steps
+        boundary_ckpt = step % ckpt_every == 0 or boundary_eval or stop.received
+        if step % log_every == 0 or boundary_ckpt:
+          means = flush_history(step)
+          now = time.perf_counter()
+          rate = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
+          t_last, step_last = now, step
+          means["images_per_sec"] = rate
+          writer.write(step, "train", means)
+          progress.update(step, {"loss": means.get("loss", float("nan")), "img/s": rate})
+        eval_metrics = None
+        if boundary_eval:
+          eval_metrics = evaluate(state, step)
+          final_eval = eval_metrics
+        if boundary_ckpt:
+          best = config.get("best_metric", "")
+          save_checkpoint(mngr, step, state, train_iter.get_state(),
+                          metrics={best: eval_metrics[best]} if (best and eval_metrics) else None)
+          last_good = step
+        if stop.received:
+          mngr.wait_until_finished()
+          msg = (f"Received {stop.received}: saved a checkpoint at step {step} in "
+                 f"{workdir}/checkpoints; rerun the same command to resume.")
+          print(msg, flush=True)
+          writer.write(step, "preempted", {"signal": stop.received})
+          return {"preempted": True, "step": step, **final_eval}
+      if not final_eval:  # resumed a finished run: report its metrics again
+        final_eval = evaluate(state, step)
+  finally:
+    progress.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump({"step": step, **final_eval}, f, indent=2)
+  return {"step": step, **final_eval}

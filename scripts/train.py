@@ -1,0 +1,41 @@
+"""Train and evaluate one experiment.
+
+  python scripts/train.py --config configs/mnist5k_classify.py[:arg] --workdir DIR \
+      [--config.field=value ...]
+
+Rerunning the same command in the same workdir resumes from the last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="configs/NAME.py[:arg]")
+  parser.add_argument("--workdir", required=True)
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for item in rest:
+    if not item.startswith("--config."):
+      parser.error(f"unrecognised argument {item!r}; overrides look like --config.field=value")
+    overrides.append(item[2:])
+  logging.basicConfig(level=logging.WARNING)
+  from research import config_lib, trainer  # pylint: disable=g-import-not-at-top
+  try:
+    config = config_lib.apply_overrides(config_lib.load(args.config), overrides)
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  result = trainer.train_and_evaluate(config, args.workdir)
+  summary = {k: v for k, v in result.items() if k != "confusion"}
+  print(json.dumps(summary, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
