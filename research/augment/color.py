@@ -1,0 +1,375 @@
+"""Colour and pixel ops on one float32 image [H, W, C] in [0, 1].
+
+Deterministic ops `adjust_*(image, value)` / `equalize(image)` take explicit
+parameters (which may be traced); the `*_op(...)` factories check magnitudes
+once and return random ops `op(key, image)` drawing per-image parameters.
+
+The arithmetic is written as explicit per-channel multiply-adds: XLA on the
+CPU runs `r * 0.299 + g * 0.587 + b * 0.114` many times faster than
+`sum(x * w, -1)` or `x @ w`.
+
+Colour ops need C == 3 (grayscale/contrast also accept C == 1, where they
+treat the single channel as luma).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from research.augment import _checks
+
+# ITU-R 601-2 luma, as PIL's convert('L') and torchvision.
+LUMA = (0.299, 0.587, 0.114)
+
+
+class PixelOp(NamedTuple):
+  """A random per-image op `op(key, image) -> image` with a name."""
+  name: str
+  fn: Callable
+  channels: tuple | None = None
+
+  def __call__(self, key, image):
+    _checks.check_image(self.name, image, self.channels)
+    return self.fn(key, image)
+
+
+def _luma(image):
+  """[H, W] luma of an RGB (or single-channel) image."""
+  if image.shape[-1] == 1:
+    return image[..., 0]
+  r, g, b = image[..., 0], image[..., 1], image[..., 2]
+  return r * LUMA[0] + g * LUMA[1] + b * LUMA[2]
+
+
+def _blend(a, b, factor):
+  """clip(b + factor * (a - b)): factor 1 gives a, 0 gives b."""
+  return jnp.clip(b + factor * (a - b), 0.0, 1.0)
+
+
+def adjust_brightness(image, factor):
+  """Multiplies by `factor` >= 0 (torchvision / PIL Brightness), clipped."""
+  _checks.check_in('brightness', 'factor', factor, 0.0, float('inf'))
+  return jnp.clip(image * factor, 0.0, 1.0)
+
+
+def adjust_contrast(image, factor):
+  """Blends with the mean luma (torchvision / PIL Contrast), clipped."""
+  _checks.check_in('contrast', 'factor', factor, 0.0, float('inf'))
+  _checks.check_image('contrast', image, (1, 3))
+  mean = jnp.mean(_luma(image))
+  return _blend(image, mean, factor)
+
+
+def adjust_saturation(image, factor):
+  """Blends with the luma image (torchvision / PIL Color), clipped."""
+  _checks.check_in('saturation', 'factor', factor, 0.0, float('inf'))
+  _checks.check_image('saturation', image, (3,))
+  return _blend(image, _luma(image)[..., None], factor)
+
+
+def rgb_to_hsv(image):
+  """float RGB [..., 3] in [0, 1] -> HSV [..., 3], hue in [0, 1) (colorsys)."""
+  r, g, b = image[..., 0], image[..., 1], image[..., 2]
+  maxc = jnp.maximum(jnp.maximum(r, g), b)
+  minc = jnp.minimum(jnp.minimum(r, g), b)
+  delta = maxc - minc
+  s = jnp.where(maxc > 0, delta / jnp.where(maxc > 0, maxc, 1.0), 0.0)
+  safe = jnp.where(delta > 0, delta, 1.0)
+  rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+  h = jnp.where(r == maxc, bc - gc,
+                jnp.where(g == maxc, 2.0 + rc - bc, 4.0 + gc - rc))
+  h = jnp.where(delta > 0, jnp.mod(h / 6.0, 1.0), 0.0)
+  return jnp.stack([h, s, maxc], axis=-1)
+
+
+def hsv_to_rgb(hsv):
+  """HSV [..., 3] (hue in [0, 1)) -> RGB [..., 3] in [0, 1] (colorsys)."""
+  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+  h6 = jnp.mod(h, 1.0) * 6.0
+
+  def channel(n):
+    k = jnp.mod(n + h6, 6.0)
+    return v - v * s * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+
+  return jnp.stack([channel(5.0), channel(3.0), channel(1.0)], axis=-1)
+
+
+def adjust_hue(image, delta):
+  """Rotates hue by `delta` in [-0.5, 0.5] turns (torchvision hue)."""
+  _checks.check_in('hue', 'delta', delta, -0.5, 0.5)
+  _checks.check_image('hue', image, (3,))
+  hsv = rgb_to_hsv(image)
+  hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + delta, 1.0))
+  return jnp.clip(hsv_to_rgb(hsv), 0.0, 1.0)
+
+
+def to_grayscale(image):
+  """Luma broadcast to all channels (PIL convert('L'))."""
+  _checks.check_image('grayscale', image, (1, 3))
+  return jnp.broadcast_to(_luma(image)[..., None], image.shape)
+
+
+def adjust_gamma(image, gamma, gain=1.0):
+  """gain * image ** gamma, clipped; gamma > 0."""
+  _checks.check_in('gamma', 'gamma', gamma, 0.0, float('inf'), lo_open=True)
+  return jnp.clip(gain * jnp.power(image, gamma), 0.0, 1.0)
+
+
+def invert(image):
+  """1 - image."""
+  _checks.check_image('invert', image)
+  return 1.0 - image
+
+
+def solarize(image, threshold=0.5):
+  """Inverts pixels >= threshold (PIL ImageOps.solarize on image * 255)."""
+  _checks.check_in('solarize', 'threshold', threshold, 0.0, 1.0)
+  return jnp.where(image >= threshold, 1.0 - image, image)
+
+
+def _to_levels(image):
+  """Nearest uint8 level of each value, as float32 in [0, 255]."""
+  return jnp.round(jnp.clip(image, 0.0, 1.0) * 255.0)
+
+
+def posterize(image, bits):
+  """Keeps the top `bits` in [1, 8] of each uint8 level (PIL posterize).
+
+  `bits` may be traced. Values are first rounded to the nearest 1/255.
+  """
+  _checks.check_in('posterize', 'bits', bits, 1, 8)
+  step = jnp.exp2(8.0 - jnp.asarray(bits, jnp.float32))
+  return jnp.floor(_to_levels(image) / step) * step / 255.0
+
+
+def _histogram256(levels):
+  """Counts of each level in [0, 255]: levels float [P] -> float32 [256].
+
+  Computed as a 16x16 outer product of one-hot codes (a matmul), which XLA
+  runs far faster on the CPU than a 256-bin scatter-add.
+  """
+  hi = jnp.floor(levels / 16.0)
+  lo = levels - 16.0 * hi
+  codes = jnp.arange(16, dtype=jnp.float32)
+  one_hi = (hi[:, None] == codes).astype(jnp.float32)
+  one_lo = (lo[:, None] == codes).astype(jnp.float32)
+  return (one_hi.T @ one_lo).reshape(256)
+
+
+def equalize(image):
+  """Per-channel histogram equalization, exactly PIL ImageOps.equalize on
+  the image's uint8 levels. image: float32 [H, W, C] in [0, 1]."""
+  _checks.check_image('equalize', image)
+  h, w, c = image.shape
+  levels = _to_levels(image).reshape(h * w, c)
+  out = []
+  for ch in range(c):
+    u = levels[:, ch]
+    hist = _histogram256(u)
+    total = float(h * w)
+    last = jnp.max(u).astype(jnp.int32)
+    step = jnp.floor((total - hist[last]) / 256.0)
+    cum_before = jnp.cumsum(hist) - hist
+    safe = jnp.maximum(step, 1.0)
+    lut = jnp.minimum(jnp.floor((jnp.floor(step / 2.0) + cum_before) / safe),
+                      255.0)
+    lut = jnp.where(step > 0, lut, jnp.arange(256, dtype=jnp.float32))
+    out.append(jnp.take(lut, u.astype(jnp.int32), mode='clip'))
+  return (jnp.stack(out, -1) / 255.0).reshape(h, w, c)
+
+
+def autocontrast(image):
+  """Stretches each channel's [min, max] to [0, 1] (PIL autocontrast with
+  cutoff 0, without its rounding to uint8); constant channels unchanged."""
+  _checks.check_image('autocontrast', image)
+  lo = jnp.min(image, axis=(0, 1))
+  hi = jnp.max(image, axis=(0, 1))
+  ok = hi > lo
+  scale = jnp.where(ok, 1.0 / jnp.where(ok, hi - lo, 1.0), 1.0)
+  lo = jnp.where(ok, lo, 0.0)
+  return jnp.clip((image - lo) * scale, 0.0, 1.0)
+
+
+def _shift_sum(padded, weights, axis, size):
+  """sum_k weights[k] * padded shifted by k along `axis` (explicit adds)."""
+  out = 0.0
+  for k in range(len(weights)):
+    out = out + weights[k] * jax.lax.slice_in_dim(padded, k, k + size,
+                                                  axis=axis)
+  return out
+
+
+def adjust_sharpness(image, factor):
+  """PIL ImageEnhance.Sharpness: blends with the 3x3 SMOOTH-filtered image
+  (border pixels unfiltered), factor 0 = smooth, 1 = identity, > 1 sharper."""
+  _checks.check_in('sharpness', 'factor', factor, 0.0, float('inf'))
+  _checks.check_image('sharpness', image)
+  h, w, _ = image.shape
+  if h < 3 or w < 3:
+    return image
+  # [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 = (box 3x3 + 4 * centre) / 13.
+  rows = image[:-2] + image[1:-1] + image[2:]
+  box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+  centre = image[1:-1, 1:-1]
+  smooth = (box + 4.0 * centre) * (1.0 / 13.0)
+  degenerate = image.at[1:-1, 1:-1].set(smooth)
+  return _blend(image, degenerate, factor)
+
+
+def gaussian_blur(image, sigma, radius: int):
+  """Separable Gaussian blur with whole-sample reflect borders.
+
+  Args:
+    image: float32 [H, W, C].
+    sigma: standard deviation in pixels, > 0 (may be traced).
+    radius: static kernel radius; the kernel has 2 * radius + 1 taps.
+  """
+  _checks.check_image('blur', image)
+  _checks.check_in('blur', 'sigma', sigma, 0.0, float('inf'), lo_open=True)
+  h, w, _ = image.shape
+  if radius < 1:
+    return image
+  if radius >= min(h, w):
+    raise ValueError(f'augment.blur: radius must be < min(H, W) = '
+                     f'{min(h, w)}, got {radius}')
+  x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  k = jnp.exp(-0.5 * (x / sigma) ** 2)
+  k = k / jnp.sum(k)
+  taps = [k[i] for i in range(2 * radius + 1)]
+  r = radius
+  p = jnp.pad(image, ((r, r), (0, 0), (0, 0)), mode='reflect')
+  image = _shift_sum(p, taps, 0, h)
+  p = jnp.pad(image, ((0, 0), (r, r), (0, 0)), mode='reflect')
+  return _shift_sum(p, taps, 1, w)
+
+
+# --------------------------------------------------------------------------
+# Random op factories: magnitudes checked once, parameters drawn per image.
+
+
+def _uniform(key, lo_hi):
+  return jax.random.uniform(key, (), jnp.float32, lo_hi[0], lo_hi[1])
+
+
+def _factor_op(name, fn, strength, channels):
+  rng = _checks.as_range(name, 'strength', strength, 1.0, 0.0, 1e6)
+  return PixelOp(name, lambda key, img: fn(img, _uniform(key, rng)),
+                 channels)
+
+
+def brightness_op(strength=0.4):
+  """Brightness factor ~ U[max(0, 1 - s), 1 + s] (or a range)."""
+  return _factor_op('brightness', adjust_brightness, strength, None)
+
+
+def contrast_op(strength=0.4):
+  """Contrast factor ~ U[max(0, 1 - s), 1 + s] (or a range)."""
+  return _factor_op('contrast', adjust_contrast, strength, (1, 3))
+
+
+def saturation_op(strength=0.4):
+  """Saturation factor ~ U[max(0, 1 - s), 1 + s] (or a range)."""
+  return _factor_op('saturation', adjust_saturation, strength, (3,))
+
+
+def sharpness_op(strength=0.5):
+  """Sharpness factor ~ U[max(0, 1 - s), 1 + s] (or a range)."""
+  return _factor_op('sharpness', adjust_sharpness, strength, None)
+
+
+def hue_op(strength=0.1):
+  """Hue shift ~ U[-h, h] turns, h in [0, 0.5] (or a range)."""
+  _checks.check_in('hue', 'strength', strength, -0.5, 0.5)
+  if not isinstance(strength, (tuple, list)):
+    _checks.check_in('hue', 'strength', strength, 0.0, 0.5)
+  rng = _checks.as_range('hue', 'strength', strength, 0.0, -0.5, 0.5)
+  return PixelOp('hue', lambda key, img: adjust_hue(img, _uniform(key, rng)),
+                 (3,))
+
+
+def color_jitter_op(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0):
+  """torchvision ColorJitter strengths, applied in the FIXED order
+  brightness, contrast, saturation, hue (torchvision permutes the order per
+  call; a fixed order keeps one compiled branch). Zero strengths are
+  skipped; every non-zero one is applied."""
+  ops = []
+  for name, value, make in (('brightness', brightness, brightness_op),
+                            ('contrast', contrast, contrast_op),
+                            ('saturation', saturation, saturation_op),
+                            ('hue', hue, hue_op)):
+    if isinstance(value, (tuple, list)) or value != 0:
+      ops.append(make(value))
+
+  def fn(key, img):
+    keys = jax.random.split(key, max(len(ops), 1))
+    for k, op in zip(keys, ops):
+      img = op(k, img)
+    return img
+
+  channels = (3,) if any(o.channels == (3,) for o in ops) else None
+  return PixelOp('color_jitter', fn, channels)
+
+
+def grayscale_op():
+  """Converts to grayscale (use `p=` / random_apply for RandomGrayscale)."""
+  return PixelOp('grayscale', lambda key, img: to_grayscale(img), (1, 3))
+
+
+def gamma_op(gamma=(0.7, 1.5)):
+  """gamma ~ U[a, b] with 0 < a <= b, or a fixed number."""
+  rng = _checks.as_range('gamma', 'gamma', gamma, None, 1e-3, 1e3)
+  return PixelOp('gamma', lambda key, img: adjust_gamma(img,
+                                                        _uniform(key, rng)))
+
+
+def solarize_op(threshold=0.5):
+  """Solarize at a threshold in [0, 1] (fixed or a range)."""
+  rng = _checks.as_range('solarize', 'threshold', threshold, None, 0.0, 1.0)
+  return PixelOp('solarize', lambda key, img: solarize(img,
+                                                       _uniform(key, rng)))
+
+
+def posterize_op(bits=4):
+  """Posterize to `bits` in [1, 8] (fixed int or an int range)."""
+  rng = _checks.as_range('posterize', 'bits', bits, None, 1, 8)
+
+  def fn(key, img):
+    b = jax.random.randint(key, (), int(rng[0]), int(rng[1]) + 1)
+    return posterize(img, b)
+
+  return PixelOp('posterize', fn)
+
+
+def equalize_op():
+  return PixelOp('equalize', lambda key, img: equalize(img))
+
+
+def autocontrast_op():
+  return PixelOp('autocontrast', lambda key, img: autocontrast(img))
+
+
+def invert_op():
+  return PixelOp('invert', lambda key, img: invert(img))
+
+
+def blur_op(sigma=(0.1, 2.0), radius: int | None = None):
+  """Gaussian blur, sigma ~ U[a, b] pixels; radius defaults to ceil(3 b)."""
+  rng = _checks.as_range('blur', 'sigma', sigma, None, 1e-3, 1e3)
+  r = int(-(-3 * rng[1] // 1)) if radius is None else int(radius)
+  return PixelOp('blur', lambda key, img: gaussian_blur(
+      img, _uniform(key, rng), r))
+
+
+def noise_op(std=0.05):
+  """Additive Gaussian noise, std in [0, 1] fixed or ~ U[a, b], clipped."""
+  rng = _checks.as_range('noise', 'std', std, None, 0.0, 1.0)
+
+  def fn(key, img):
+    k1, k2 = jax.random.split(key)
+    s = _uniform(k1, rng)
+    return jnp.clip(img + s * jax.random.normal(k2, img.shape, img.dtype),
+                    0.0, 1.0)
+
+  return PixelOp('noise', fn)

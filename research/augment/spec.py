@@ -1,0 +1,211 @@
+"""Pipelines from config: a spec string or list -> a batched function.
+
+Spec grammar: ops separated by '|'; each op is `name` or
+`name(arg, ..., key=value)` with Python literal arguments, e.g.
+
+    "flip_lr|affine(rotate=15)|color_jitter(0.4, 0.4, 0.4, 0.1)"
+
+Every op also takes `p=` (apply with probability p per image). A list spec
+holds op strings, `(name, kwargs)` pairs, or callables `op(key, image)`.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from research.augment import _checks
+from research.augment import color
+from research.augment import erasing
+from research.augment import geometric as geo
+from research.augment import policies
+from research.augment.geometric import GeometricOp
+
+# name -> factory(*args, **kwargs) returning an op(key, image).
+OPS: dict[str, Callable] = {
+    'identity': lambda: color.PixelOp('identity', lambda key, image: image),
+    'flip_lr': geo.flip_lr_op,
+    'flip_ud': geo.flip_ud_op,
+    'affine': geo.affine_op,
+    'rotate': geo.rotate_op,
+    'translate': geo.translate_op,
+    'random_resized_crop': geo.random_resized_crop_op,
+    'pad_crop': geo.pad_crop_op,
+    'resize': geo.resize_op,
+    'brightness': color.brightness_op,
+    'contrast': color.contrast_op,
+    'saturation': color.saturation_op,
+    'hue': color.hue_op,
+    'color_jitter': color.color_jitter_op,
+    'grayscale': color.grayscale_op,
+    'gamma': color.gamma_op,
+    'solarize': color.solarize_op,
+    'posterize': color.posterize_op,
+    'equalize': color.equalize_op,
+    'autocontrast': color.autocontrast_op,
+    'invert': color.invert_op,
+    'sharpness': color.sharpness_op,
+    'blur': color.blur_op,
+    'noise': color.noise_op,
+    'cutout': erasing.cutout_op,
+    'random_erasing': erasing.random_erasing_op,
+    'rand_augment': policies.rand_augment,
+    'trivial_augment_wide': policies.trivial_augment_wide,
+}
+
+
+def _split_top_level(spec: str):
+  """Splits on '|' outside parentheses / brackets."""
+  parts, depth, cur = [], 0, ''
+  for ch in spec:
+    if ch in '([{':
+      depth += 1
+    elif ch in ')]}':
+      depth -= 1
+    if ch == '|' and depth == 0:
+      parts.append(cur)
+      cur = ''
+    else:
+      cur += ch
+  parts.append(cur)
+  return [p.strip() for p in parts if p.strip()]
+
+
+def _parse_item(item: str):
+  """'name(1, a=2)' -> ('name', [1], {'a': 2})."""
+  try:
+    node = ast.parse(item, mode='eval').body
+  except SyntaxError as e:
+    raise ValueError(f'augment.build: cannot parse op {item!r}: {e.msg}') from e
+  if isinstance(node, ast.Name):
+    return node.id, [], {}
+  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+    try:
+      args = [ast.literal_eval(a) for a in node.args]
+      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    except ValueError as e:
+      raise ValueError(f'augment.build: arguments of {item!r} must be Python '
+                       f'literals (numbers, strings, tuples)') from e
+    return node.func.id, args, kwargs
+  raise ValueError(f'augment.build: expected `name` or `name(args)`, got '
+                   f'{item!r}')
+
+
+def make_op(name: str, *args, **kwargs):
+  """Builds one registered op by name; `p=` wraps it in random_apply."""
+  if name not in OPS:
+    raise ValueError(f'augment.build: unknown op {name!r}; valid ops: '
+                     f'{", ".join(sorted(OPS))}')
+  p = kwargs.pop('p', None)
+  factory = OPS[name]
+  try:
+    inspect.signature(factory).bind(*args, **kwargs)
+  except TypeError as e:
+    params = list(inspect.signature(factory).parameters)
+    raise ValueError(f'augment.build: bad arguments for {name}: {e}; its '
+                     f'parameters are {params + ["p"]}') from e
+  op = factory(*args, **kwargs)
+  if p is not None:
+    op = policies.random_apply(op, p)
+  return op
+
+
+def parse(spec) -> list:
+  """Spec string / list / None -> list of per-image ops."""
+  if spec is None:
+    return []
+  if isinstance(spec, str):
+    return [make_op(n, *a, **k) for n, a, k in
+            map(_parse_item, _split_top_level(spec))]
+  if isinstance(spec, (list, tuple)):
+    ops = []
+    for item in spec:
+      if isinstance(item, str):
+        ops.extend(parse(item))
+      elif (isinstance(item, (list, tuple)) and len(item) == 2 and
+            isinstance(item[0], str) and isinstance(item[1], dict)):
+        ops.append(make_op(item[0], **item[1]))
+      elif callable(item):
+        ops.append(item)
+      else:
+        raise ValueError(f'augment.build: list items must be op strings, '
+                         f'(name, kwargs) pairs or callables, got {item!r}')
+    return ops
+  raise TypeError(f'augment.build: spec must be a string, a list or None, '
+                  f'got {type(spec).__name__}')
+
+
+def _batched_stage(stage):
+  """Per-image op -> batched fn(key, images [N, H, W, C]) -> images."""
+  if isinstance(stage, GeometricOp):
+
+    def geometric(key, images):
+      n, h, w, _ = images.shape
+      keys = jax.random.split(key, n)
+      mats = jax.vmap(lambda k: stage.matrix_fn(k, (h, w))[0])(keys)
+      out_shape = stage.matrix_fn(jax.random.key(0), (h, w))[1]
+      if stage.is_flip:
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+          images = to_float(images)
+        return jax.vmap(geo.apply_flips)(mats, images)
+      return geo.warp_affine_batch(images, mats, out_shape,
+                                   stage.interpolation, stage.border,
+                                   stage.fill)
+
+    geometric.accepts_uint8 = not stage.is_flip
+    return geometric
+
+  def pixel(key, images):
+    keys = jax.random.split(key, images.shape[0])
+    return jax.vmap(stage)(keys, images)
+
+  return pixel
+
+
+def to_float(images):
+  """uint8 [..., H, W, C] in [0, 255] -> float32 in [0, 1]; floats pass."""
+  if jnp.issubdtype(images.dtype, jnp.floating):
+    return images.astype(jnp.float32)
+  if images.dtype != jnp.uint8:
+    raise TypeError(f'augment.to_float: images must be uint8 or float, got '
+                    f'dtype {images.dtype}')
+  return images.astype(jnp.float32) * (1.0 / 255.0)
+
+
+def build(spec):
+  """Builds a batched augmentation function from a spec.
+
+  Args:
+    spec: a spec string (see module doc), a list, or None / '' (identity).
+
+  Returns:
+    `fn(key, images) -> images`: images float32 [N, H, W, C] in [0, 1] (or
+    uint8 [N, H, W, C] in [0, 255], converted inside, fused into the first
+    resample when the pipeline starts with a geometric op) -> float32
+    [N, H', W', C] in [0, 1]. One key per call; per-image keys are split
+    inside. Static shapes only, so it compiles once under jit.
+  """
+  stages = [_batched_stage(s) for s in policies.fuse_geometric(parse(spec))]
+
+  def augment(key, images):
+    if jnp.ndim(images) != 4:
+      raise ValueError(f'augment.build: images must have rank 4 [N, H, W, C],'
+                       f' got shape {jnp.shape(images)}')
+    if jnp.issubdtype(images.dtype, jnp.floating):
+      images = images.astype(jnp.float32)
+    elif images.dtype != jnp.uint8:
+      raise TypeError(f'augment.build: images must be float32 in [0, 1] or '
+                      f'uint8, got dtype {images.dtype}')
+    if not stages:
+      return to_float(images)
+    keys = jax.random.split(key, len(stages))
+    for i, (k, stage) in enumerate(zip(keys, stages)):
+      if not (i == 0 and getattr(stage, 'accepts_uint8', False)):
+        images = to_float(images)
+      images = stage(k, images)
+    return images
+
+  return augment
