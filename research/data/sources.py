@@ -70,18 +70,22 @@ def _offline_source(name: str, split: str, data_dir: str):
 def _tfds_source(name: str, split: str, data_dir: str):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     close = difflib.get_close_matches(name, names(), n=3)
     raise ValueError(f"Unknown dataset {name!r}; valid datasets: {names()} "
                      f"or any registered TFDS image dataset"
                      + (f" (did you mean {close}?)" if close else "")) from None
-  except (AssertionError, FileNotFoundError, tfds.core.DatasetNotFoundError) as e:
-    raise DatasetNotPreparedError(
-        f"Dataset {name!r} is not prepared in {data_dir!r} and this machine "
-        f"cannot download it. Prepare it on a machine with internet access with "
-        f"`tfds build {name} --data_dir DIR --file_format array_record` and copy "
-        f"DIR here (or set data.data_dir / $RESEARCH_DATA_DIR to it). ({e})") from None
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception:  # pylint: disable=broad-except
+    if builder.is_prepared():
+      raise
+  raise DatasetNotPreparedError(
+      f"Dataset {name!r} is not prepared in {data_dir!r} and this machine "
+      f"cannot download it. Prepare it on a machine with internet access with "
+      f"`tfds build {name} --data_dir DIR --file_format array_record` and copy "
+      f"DIR here (or set data.data_dir / $RESEARCH_DATA_DIR to it).")
 
 
 def load(name: str, split: str, data_dir: str | None = None,

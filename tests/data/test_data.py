@@ -129,5 +129,5 @@ def test_unknown_dataset_lists_the_valid_ones():
 
 
 def test_unprepared_dataset_says_how_to_prepare_it(tmp_path):
-  with pytest.raises(data.DatasetNotPreparedError, match=r"not prepared in .* tfds build cifar10"):
+  with pytest.raises(data.DatasetNotPreparedError, match=r"not prepared in .*`tfds build cifar10"):
     data.load("cifar10", "train", data_dir=str(tmp_path))
