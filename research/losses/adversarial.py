@@ -90,8 +90,9 @@ def _per_example_grad_sq_norm(discriminator: Callable[[jax.Array], jax.Array],
 
 
 def gradient_penalty(discriminator: Callable[[jax.Array], jax.Array],
-                     real: jax.Array, fake: jax.Array, key: jax.Array,
-                     target: float = 1.0) -> jax.Array:
+                     real: jax.Array, fake: jax.Array, key: jax.Array | None,
+                     target: float = 1.0,
+                     eps: jax.Array | None = None) -> jax.Array:
   """WGAN-GP penalty E[(||grad D(x_hat)|| - target)^2] (Gulrajani et al. 2017).
 
   x_hat = eps * real + (1 - eps) * fake with eps ~ U[0, 1] per example.
@@ -101,8 +102,10 @@ def gradient_penalty(discriminator: Callable[[jax.Array], jax.Array],
     discriminator: maps float [B, ...] to float [B]; closes over its params.
     real: float [B, H, W, C], real images (any range D accepts).
     fake: float [B, H, W, C], generated images, same shape as `real`.
-    key: PRNG key for the interpolation weights.
+    key: PRNG key for the interpolation weights (unused when `eps` is given).
     target: the gradient norm the penalty pulls towards (1 in the paper).
+    eps: optional float [B] in [0, 1], the interpolation weights themselves
+      (lets a caller draw them per example, independently of the batch split).
 
   Returns:
     float32 scalar.
@@ -111,7 +114,9 @@ def gradient_penalty(discriminator: Callable[[jax.Array], jax.Array],
     raise ValueError(f"losses.gradient_penalty: real and fake must have the "
                      f"same shape, got {real.shape} and {fake.shape}")
   eps_shape = (real.shape[0],) + (1,) * (real.ndim - 1)
-  eps = jax.random.uniform(key, eps_shape, dtype=real.dtype)
+  if eps is None:
+    eps = jax.random.uniform(key, eps_shape, dtype=real.dtype)
+  eps = jnp.reshape(eps, eps_shape).astype(real.dtype)
   x_hat = eps * real + (1.0 - eps) * jax.lax.stop_gradient(fake)
   norms = jnp.sqrt(_per_example_grad_sq_norm(discriminator, x_hat) + 1e-12)
   return jnp.mean(jnp.square(norms - target))

@@ -1,0 +1,278 @@
+"""GAN training (DCGAN / SNGAN / conditional with projection) on the shared trainer.
+
+One state holds both networks, both optimizers, the batch_stats of both (the
+generator's BatchNorm statistics and the discriminator's spectral-norm
+power-iteration vectors) and an exponential moving average of the generator
+weights, which is what sampling uses. One `train_step` makes `n_critic`
+discriminator updates, each on the same real batch with fresh noise and fresh
+DiffAugment, then one generator update.
+
+Randomness is a function of (seed, step, global example index) only: every
+example's noise, fake label, DiffAugment draw and gradient-penalty weight come
+from `fold_in(fold_in(key(seed), step), example)`. Together with cross-device
+BatchNorm in the generator, the same global batch gives the same update on 1 or
+on 8 devices, and a resumed run repeats the killed one exactly.
+
+Config fields read here (beside the trainer's):
+  model.image_size, model.channels, model.latent_dim, model.num_classes
+  model.conditional (bool), model.generator.{width, conditioning}
+    ('embed' | 'cbn' when conditional), model.discriminator.{width,
+    spectral_norm, num_downsamples}
+  loss ('non_saturating' | 'hinge' | 'least_squares' | 'wasserstein'),
+  n_critic, gp_weight (WGAN-GP lambda), r1_weight (R1 gamma),
+  ema_decay, diff_augment (DiffAugment policy, '' = off),
+  g_optimizer.*, d_optimizer.* (research.optim; separate learning rates).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from research import optim
+from research.losses import adversarial
+from research.models import gan as gan_models
+from research.parallel import AXIS
+from research.tasks import base
+from research.tasks.sample_grid import save_image_grid
+
+
+@flax.struct.dataclass
+class GANState:
+  step: jax.Array
+  g_params: Any
+  g_batch_stats: Any
+  d_params: Any
+  d_batch_stats: Any
+  g_opt_state: Any
+  d_opt_state: Any
+  ema_params: Any
+
+
+def to_model_range(images: jax.Array) -> jax.Array:
+  """uint8 [N, H, W, C] in [0, 255] -> float32 in [-1, 1]."""
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def _example_keys(step_key, n: int, offset=0):
+  """One key per example of this device, indexed globally across devices."""
+  index = offset + jnp.arange(n)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, index)
+
+
+def _fold_all(keys, data: int):
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
+
+
+class GANTask(base.Task):
+  """Adversarial training of a (conditional) generator and discriminator."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.model
+    self.latent_dim = m.latent_dim
+    self.num_classes = m.get("num_classes", 10)
+    self.conditional = bool(m.get("conditional", False))
+    self.image_shape = (m.image_size, m.image_size, m.channels)
+    g, d = m.generator, m.discriminator
+    self.generator = gan_models.Generator(
+        image_size=m.image_size, channels=m.channels, width=g.width,
+        num_classes=self.num_classes,
+        conditioning=g.get("conditioning", "cbn") if self.conditional else None,
+        axis_name=AXIS)
+    self.discriminator = gan_models.Discriminator(
+        width=d.width, num_classes=self.num_classes, conditional=self.conditional,
+        spectral_norm=d.get("spectral_norm", False),
+        num_downsamples=d.get("num_downsamples", 2))
+    self.loss_kind = config.get("loss", "non_saturating")
+    if self.loss_kind not in adversarial.KINDS:
+      raise ValueError(f"gan task: loss must be one of {adversarial.KINDS}, got "
+                       f"{self.loss_kind!r}")
+    self.n_critic = config.get("n_critic", 1)
+    if self.n_critic < 1:
+      raise ValueError(f"gan task: n_critic must be >= 1, got {self.n_critic}")
+    self.gp_weight = config.get("gp_weight", 0.0)
+    self.r1_weight = config.get("r1_weight", 0.0)
+    self.ema_decay = config.get("ema_decay", 0.999)
+    self.policy = config.get("diff_augment", "")
+    self.seed = config.get("seed", 0)
+
+  # ---- model plumbing ----
+  def _labels(self, labels):
+    return labels if self.conditional else None
+
+  def g_apply(self, params, batch_stats, z, labels, train: bool):
+    """Generator forward: (images in [-1, 1], new batch_stats)."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    if not train:
+      return self.generator.apply(variables, z, self._labels(labels)), batch_stats
+    out, upd = self.generator.apply(variables, z, self._labels(labels), train=True,
+                                    mutable=["batch_stats"])
+    return out, upd["batch_stats"]
+
+  def d_apply(self, params, batch_stats, images, labels, train: bool):
+    """Discriminator forward: (logits [N], new batch_stats)."""
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    if not train or not batch_stats:
+      return self.discriminator.apply(variables, images, self._labels(labels)), batch_stats
+    out, upd = self.discriminator.apply(variables, images, self._labels(labels),
+                                        train=True, mutable=["batch_stats"])
+    return out, upd["batch_stats"]
+
+  def augment(self, keys, images):
+    """DiffAugment with one key per example (so results ignore the device split)."""
+    if not self.policy:
+      return images
+    from research import augment  # pylint: disable=g-import-not-at-top
+    return jax.vmap(lambda k, x: augment.diff_augment(k, x[None], self.policy)[0])(
+        keys, images)
+
+  def noise(self, keys):
+    """Per-example latent z [N, latent_dim] ~ N(0, I) and labels int [N]."""
+    z = jax.vmap(lambda k: jax.random.normal(k, (self.latent_dim,)))(_fold_all(keys, 0))
+    y = jax.vmap(lambda k: jax.random.randint(k, (), 0, self.num_classes))(
+        _fold_all(keys, 1))
+    return z, y
+
+  def sample(self, state, z, labels=None, use_ema: bool = True):
+    """Images float32 [N, H, W, C] in [0, 1] from the (EMA) generator, eval mode."""
+    params = state.ema_params if use_ema else state.g_params
+    if labels is None:
+      labels = jnp.zeros(z.shape[0], jnp.int32)
+    x, _ = self.g_apply(params, state.g_batch_stats, z, labels, False)
+    return (x + 1.0) / 2.0
+
+  # ---- host side ----
+  def init_state(self, rng, batch):
+    g_rng, d_rng = jax.random.split(rng)
+    x = to_model_range(jnp.asarray(batch["image"]))
+    if tuple(x.shape[1:]) != self.image_shape:
+      raise ValueError(f"gan task: images are {tuple(x.shape[1:])} but "
+                       f"model.image_size/channels say {self.image_shape}")
+    n = x.shape[0]
+    y = jnp.zeros((n,), jnp.int32)
+    g_vars = self.generator.init(g_rng, jnp.zeros((n, self.latent_dim)),
+                                 self._labels(y))
+    d_vars = self.discriminator.init(d_rng, x, self._labels(y))
+    self.g_tx = optim.make(self.config.g_optimizer, g_vars["params"],
+                           self.config.num_steps)
+    self.d_tx = optim.make(self.config.d_optimizer, d_vars["params"],
+                           self.config.num_steps)
+    return GANState(step=jnp.zeros((), jnp.int32),
+                    g_params=g_vars["params"],
+                    g_batch_stats=g_vars.get("batch_stats", {}),
+                    d_params=d_vars["params"],
+                    d_batch_stats=d_vars.get("batch_stats", {}),
+                    g_opt_state=self.g_tx.init(g_vars["params"]),
+                    d_opt_state=self.d_tx.init(d_vars["params"]),
+                    ema_params=g_vars["params"])
+
+  def params_for_export(self, state):
+    return {"params": state.ema_params, "batch_stats": state.g_batch_stats}
+
+  def on_eval(self, state, step, workdir):
+    """Writes workdir/samples/step_XXXXXXX.png: 10x10 EMA samples, one class per row."""
+    state = jax.device_get(state)
+    z = jax.random.normal(jax.random.PRNGKey(self.seed + 3), (100, self.latent_dim))
+    labels = jnp.repeat(jnp.arange(10) % self.num_classes, 10)
+    images = jax.jit(self.sample)(state, z, labels)
+    save_image_grid(np.asarray(images),
+                    os.path.join(workdir, "samples", f"step_{step:07d}.png"), 10)
+
+  # ---- per device ----
+  def _d_update(self, state, real, y_real, keys):
+    z, y_fake = self.noise(_fold_all(keys, 10))
+    fake, _ = self.g_apply(state.g_params, state.g_batch_stats, z, y_fake, True)
+    fake = lax.stop_gradient(fake)
+    real_aug = self.augment(_fold_all(keys, 11), real)
+    fake_aug = self.augment(_fold_all(keys, 12), fake)
+    n = real.shape[0]
+
+    def loss_fn(d_params):
+      logits, stats = self.d_apply(d_params, state.d_batch_stats,
+                                   jnp.concatenate([real_aug, fake_aug]),
+                                   jnp.concatenate([y_real, y_fake]), True)
+      real_logits, fake_logits = logits[:n], logits[n:]
+      loss = adversarial.discriminator_loss(real_logits, fake_logits, self.loss_kind)
+      d_real = lambda v: self.d_apply(d_params, stats, v, y_real, False)[0]
+      penalty = jnp.zeros(())
+      if self.gp_weight:
+        eps = jax.vmap(lambda k: jax.random.uniform(k, ()))(_fold_all(keys, 13))
+        penalty += self.gp_weight * adversarial.gradient_penalty(
+            d_real, real_aug, fake_aug, None, eps=eps)
+      if self.r1_weight:
+        penalty += 0.5 * self.r1_weight * adversarial.r1_penalty(d_real, real_aug)
+      aux = {"d_loss": loss, "penalty": penalty,
+             "d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits)}
+      return loss + penalty, (stats, aux)
+
+    (_, (stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+    grads = lax.pmean(grads, AXIS)
+    updates, opt_state = self.d_tx.update(grads, state.d_opt_state, state.d_params)
+    state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
+                          d_opt_state=opt_state,
+                          d_batch_stats=lax.pmean(stats, AXIS))
+    return state, aux
+
+  def _g_update(self, state, keys):
+    z, y_fake = self.noise(_fold_all(keys, 20))
+
+    def loss_fn(g_params):
+      fake, stats = self.g_apply(g_params, state.g_batch_stats, z, y_fake, True)
+      fake_aug = self.augment(_fold_all(keys, 21), fake)
+      logits, _ = self.d_apply(state.d_params, state.d_batch_stats, fake_aug,
+                               y_fake, False)
+      return adversarial.generator_loss(logits, self.loss_kind), stats
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+    grads = lax.pmean(grads, AXIS)
+    updates, opt_state = self.g_tx.update(grads, state.g_opt_state, state.g_params)
+    params = optax.apply_updates(state.g_params, updates)
+    # EMA with a warm-up so short runs are not dominated by the initial weights.
+    t = state.step.astype(jnp.float32)
+    decay = jnp.minimum(self.ema_decay, (1.0 + t) / (10.0 + t))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                       state.ema_params, params)
+    return state.replace(g_params=params, g_opt_state=opt_state,
+                         g_batch_stats=lax.pmean(stats, AXIS),
+                         ema_params=ema), loss
+
+  def train_step(self, state, batch, rng):
+    del rng  # randomness is per (seed, step, global example): see module doc
+    real = to_model_range(batch["image"])
+    y_real = batch["label"].astype(jnp.int32)
+    n = real.shape[0]
+    step_key = jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), state.step)
+    keys = _example_keys(step_key, n, lax.axis_index(AXIS) * n)
+    d_aux = []
+    for i in range(self.n_critic):
+      state, aux = self._d_update(state, real, y_real, _fold_all(keys, i))
+      d_aux.append(aux)
+    state, g_loss = self._g_update(state, _fold_all(keys, self.n_critic))
+    metrics = {k: jnp.mean(jnp.stack([a[k] for a in d_aux])) for k in d_aux[0]}
+    metrics["g_loss"] = g_loss
+    metrics["loss"] = metrics["d_loss"] + g_loss
+    return state.replace(step=state.step + 1), lax.pmean(metrics, AXIS)
+
+  def eval_step(self, state, batch):
+    """Sums of D's mean logits on real test images and on EMA samples."""
+    real = to_model_range(batch["image"])
+    labels = batch["label"].astype(jnp.int32)
+    mask = batch["mask"].astype(jnp.float32)
+    n = real.shape[0]
+    keys = _example_keys(jax.random.PRNGKey(self.seed + 2), n,
+                         lax.axis_index(AXIS) * n)
+    z, _ = self.noise(keys)
+    fake = self.sample(state, z, labels) * 2.0 - 1.0
+    d_real, _ = self.d_apply(state.d_params, state.d_batch_stats, real, labels, False)
+    d_fake, _ = self.d_apply(state.d_params, state.d_batch_stats, fake, labels, False)
+    return {"d_real_sum": jnp.sum(d_real * mask), "d_fake_sum": jnp.sum(d_fake * mask),
+            "count": jnp.sum(mask)}
