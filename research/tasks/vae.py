@@ -1,0 +1,192 @@
+"""VAE / conditional VAE training on the shared trainer, with an IWAE test NLL.
+
+Training maximises the (beta-weighted, KL-warmed-up) ELBO with one
+reparameterised sample. Evaluation reports, per test example, the one-sample
+ELBO, its reconstruction and KL terms and, when `iwae_samples` > 0, the
+importance-weighted bound L_k, whose negative is the test NLL in nats
+(`nll`, and `bits_per_dim` for the discrete likelihoods).
+
+Config fields read here (beside the trainer's):
+  model.image_size, model.channels, model.latent_dim, model.width,
+  model.hidden, model.num_classes, model.conditional (bool),
+  model.likelihood ('bernoulli' | 'gaussian' | 'gaussian_learned' | 'logistic')
+  gaussian_log_scale (log sd of the fixed-variance Gaussian),
+  binarize (dynamic binarisation for 'bernoulli': training images are
+    resampled every step; test images once, with a fixed key),
+  beta, kl_warmup_steps (beta ramps linearly from 0 over these steps),
+  iwae_samples (k for the eval bound, 0 = off), iwae_chunk,
+  optimizer.* (research.optim).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from research import optim
+from research.losses import elbo as elbo_lib
+from research.models import vae as vae_models
+from research.parallel import AXIS
+from research.tasks import base
+from research.tasks.sample_grid import save_image_grid
+
+
+@flax.struct.dataclass
+class VAEState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+class VAETask(base.Task):
+  """(Conditional) VAE with a choice of likelihoods."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.model
+    self.conditional = bool(m.get("conditional", False))
+    self.num_classes = m.get("num_classes", 10)
+    self.likelihood = m.get("likelihood", "bernoulli")
+    self.image_shape = (m.image_size, m.image_size, m.channels)
+    self.model = vae_models.VAE(
+        image_shape=self.image_shape, latent_dim=m.latent_dim, width=m.width,
+        hidden=m.hidden, likelihood=self.likelihood,
+        num_classes=self.num_classes if self.conditional else None)
+    self.binarize = bool(config.get("binarize", True)) and self.likelihood == "bernoulli"
+    self.gaussian_log_scale = config.get("gaussian_log_scale", math.log(0.1))
+    self.beta = config.get("beta", 1.0)
+    self.kl_warmup_steps = config.get("kl_warmup_steps", 0)
+    self.iwae_samples = config.get("iwae_samples", 0)
+    self.iwae_chunk = config.get("iwae_chunk", 100)
+    self.seed = config.get("seed", 0)
+
+  # ---- model plumbing ----
+  def _labels(self, labels):
+    return labels.astype(jnp.int32) if self.conditional else None
+
+  def targets(self, key, images):
+    """uint8 [N, H, W, C] -> float32 targets in [0, 1] (binarised for Bernoulli)."""
+    x = images.astype(jnp.float32) / 255.0
+    if self.binarize:
+      x = jax.random.bernoulli(key, x).astype(jnp.float32)
+    return x
+
+  def log_likelihood(self, decoder_out, x):
+    """log p(x | z) per example, float32 [N], from the decoder's parameters."""
+    if self.likelihood == "bernoulli":
+      return elbo_lib.bernoulli_log_likelihood(decoder_out[0], x)
+    if self.likelihood == "gaussian":
+      return elbo_lib.gaussian_log_likelihood(decoder_out[0], x,
+                                              self.gaussian_log_scale)
+    if self.likelihood == "gaussian_learned":
+      return elbo_lib.gaussian_log_likelihood(decoder_out[0], x, decoder_out[1])
+    return elbo_lib.discretized_logistic_log_likelihood(decoder_out[0],
+                                                        decoder_out[1], x)
+
+  def decode_mean(self, params, z, labels=None):
+    """Mean image float32 [N, H, W, C] in [0, 1] for latents z [N, latent_dim]."""
+    out = self.model.apply({"params": params}, z, self._labels(labels),
+                           method=self.model.decode)
+    mean = jax.nn.sigmoid(out[0]) if self.likelihood == "bernoulli" else out[0]
+    return jnp.clip(mean, 0.0, 1.0)
+
+  def reconstruct(self, params, images, labels=None):
+    """uint8 images [N, H, W, C] -> mean reconstructions from z = E[q(z|x)]."""
+    x = images.astype(jnp.float32) / 255.0
+    mean, _ = self.model.apply({"params": params}, x, self._labels(labels),
+                               method=self.model.encode)
+    return self.decode_mean(params, mean, labels)
+
+  def _bound_terms(self, params, x, labels, key):
+    out, mean, log_var = self.model.apply({"params": params}, x, self._labels(labels),
+                                          key=key)
+    return self.log_likelihood(out, x), elbo_lib.gaussian_kl(mean, log_var)
+
+  # ---- host side ----
+  def init_state(self, rng, batch):
+    x = jnp.asarray(batch["image"]).astype(jnp.float32) / 255.0
+    if tuple(x.shape[1:]) != self.image_shape:
+      raise ValueError(f"vae task: images are {tuple(x.shape[1:])} but "
+                       f"model.image_size/channels say {self.image_shape}")
+    labels = jnp.zeros(x.shape[0], jnp.int32)
+    params = self.model.init(rng, x, self._labels(labels), key=rng)["params"]
+    self.tx = optim.make(self.config.optimizer, params, self.config.num_steps)
+    return VAEState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=self.tx.init(params))
+
+  def summarize_eval(self, sums):
+    out = super().summarize_eval(sums)
+    num_dims = int(np.prod(self.image_shape))
+    out["nll"] = -out.get("iwae", out["elbo"])  # nats per example
+    if self.likelihood in ("bernoulli", "logistic"):
+      out["bits_per_dim"] = float(elbo_lib.bits_per_dim(out["nll"], num_dims))
+    return out
+
+  def on_eval(self, state, step, workdir):
+    """Writes workdir/samples/step_XXXXXXX.png: 10x10 prior samples (mean images)."""
+    params = jax.device_get(state.params)
+    z = jax.random.normal(jax.random.PRNGKey(self.seed + 3),
+                          (100, self.model.latent_dim))
+    labels = jnp.repeat(jnp.arange(10) % self.num_classes, 10)
+    images = jax.jit(self.decode_mean)(params, z, labels)
+    save_image_grid(np.asarray(images),
+                    os.path.join(workdir, "samples", f"step_{step:07d}.png"), 10)
+
+  # ---- per device ----
+  def train_step(self, state, batch, rng):
+    bin_key, z_key = jax.random.split(rng)
+    x = self.targets(bin_key, batch["image"])
+    labels = batch["label"]
+    warm = (jnp.minimum(1.0, (state.step + 1) / self.kl_warmup_steps)
+            if self.kl_warmup_steps else 1.0)
+    beta = self.beta * warm
+
+    def loss_fn(params):
+      ll, kl = self._bound_terms(params, x, labels, z_key)
+      loss = -jnp.mean(elbo_lib.elbo(ll, kl, beta))
+      return loss, {"elbo": jnp.mean(ll - kl), "recon": jnp.mean(ll),
+                    "kl": jnp.mean(kl)}
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, AXIS)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = lax.pmean({"loss": loss, "beta": jnp.asarray(beta, jnp.float32), **aux},
+                        AXIS)
+    return state.replace(step=state.step + 1, params=params,
+                         opt_state=opt_state), metrics
+
+  def eval_step(self, state, batch):
+    """Sums over real examples of the ELBO, its terms and the IWAE bound."""
+    n = batch["image"].shape[0]
+    device_key = jax.random.fold_in(jax.random.PRNGKey(self.seed + 4),
+                                    lax.axis_index(AXIS))
+    bin_key, z_key, iwae_key = jax.random.split(device_key, 3)
+    x = self.targets(bin_key, batch["image"])
+    labels = batch["label"]
+    mask = batch["mask"].astype(jnp.float32)
+    ll, kl = self._bound_terms(state.params, x, labels, z_key)
+    sums = {"elbo_sum": jnp.sum((ll - kl) * mask), "recon_sum": jnp.sum(ll * mask),
+            "kl_sum": jnp.sum(kl * mask), "count": jnp.sum(mask)}
+    if self.iwae_samples:
+      mean, log_var = self.model.apply({"params": state.params}, x,
+                                       self._labels(labels), method=self.model.encode)
+
+      def log_px_given_z(z, x_):
+        out = self.model.apply({"params": state.params}, z, self._labels(labels),
+                               method=self.model.decode)
+        return self.log_likelihood(out, x_)
+
+      bound = elbo_lib.iwae_bound(iwae_key, x, mean, log_var, log_px_given_z,
+                                  self.iwae_samples,
+                                  min(self.iwae_chunk, self.iwae_samples))
+      sums["iwae_sum"] = jnp.sum(bound * mask)
+    del n
+    return sums
