@@ -1,0 +1,201 @@
+"""Compress a trained classifier many ways and tabulate size against accuracy.
+
+Everything takes `(apply_fn, variables, batches)`, so it works on any Flax
+classifier whether or not it came from the trainer:
+  apply_fn(variables, images) -> logits [N, C], in inference mode;
+  batches: iterables of (images float32 [N, H, W, C], labels int [N],
+           mask float [N] with 1 for real examples, 0 for padding).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from research.compress import pruning
+from research.compress import quantization as quant
+
+Batch = tuple[Any, Any, Any]
+
+
+@dataclasses.dataclass
+class Row:
+  """One line of the report."""
+  model: str
+  method: str          # 'float', 'prune', 'ptq', 'qat'
+  sparsity: float      # fraction of zero weights among pruned kernels, [0, 1]
+  pattern: str         # 'unstructured', '2:4', ... or '-'
+  bits: int            # 32 for float
+  bytes_stored: int    # all variables as stored (dense arrays, int8 kernels)
+  bytes_sparse: int    # kernels as bitmap + nonzero values (pruned rows)
+  accuracy: float      # in [0, 1]
+
+
+def accuracy(apply_fn: Callable, variables: Any, batches: Iterable[Batch]) -> float:
+  """Masked top-1 accuracy in [0, 1]."""
+  fn = jax.jit(lambda v, x: jnp.argmax(apply_fn(v, x), -1))
+  correct = total = 0.0
+  for images, labels, mask in batches:
+    pred = np.asarray(fn(variables, images))
+    mask = np.asarray(mask, np.float64)
+    correct += float(np.sum((pred == np.asarray(labels)) * mask))
+    total += float(np.sum(mask))
+  if total == 0:
+    raise ValueError("compress.report.accuracy: no (unmasked) eval examples")
+  return correct / total
+
+
+def sparse_bytes(params: Any, selected: Any) -> int:
+  """Bytes with selected kernels stored as a 1-bit mask plus nonzero values."""
+  total = 0
+  for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(selected)):
+    x = np.asarray(x)
+    if s:
+      total += int(np.ceil(x.size / 8)) + int(np.count_nonzero(x)) * x.itemsize
+    else:
+      total += x.nbytes
+  return total
+
+
+def finetune(forward: Callable, variables: Any, batches: Iterable[Batch],
+             steps: int, tx: optax.GradientTransformation) -> Any:
+  """A short supervised fine-tune of `variables['params']` (other collections
+  such as BatchNorm statistics stay frozen).
+
+  Args:
+    forward: (variables, images) -> logits; e.g. a QAT apply function.
+    batches: an iterator yielding at least `steps` training batches.
+    steps: number of updates.
+    tx: the optimizer, possibly `pruning.wrap`-ed.
+  Returns:
+    (variables with updated params, final optimizer state).
+  """
+  params = variables["params"]
+  rest = {k: v for k, v in variables.items() if k != "params"}
+
+  @jax.jit
+  def step(params, opt_state, images, labels, mask):
+    def loss_fn(p):
+      logits = forward({"params": p, **rest}, images)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  opt_state = tx.init(params)
+  it = iter(batches)
+  for _ in range(steps):
+    images, labels, mask = next(it)
+    params, opt_state = step(params, opt_state, images, labels,
+                             jnp.asarray(mask, jnp.float32))
+  return {"params": params, **rest}, opt_state
+
+
+def compress_and_evaluate(
+    apply_fn: Callable, variables: Any, eval_batches: Callable[[], Iterable[Batch]],
+    calib_batches: Sequence[Any], *, model: str = "model",
+    sparsities: Sequence[float] = (0.5, 0.75, 0.9),
+    n_m: Sequence[str] = ("2:4",), bits: Sequence[int] = (8, 4),
+    calibration: Sequence[str] = ("minmax", "percentile"),
+    train_batches: Callable[[], Iterable[Batch]] | None = None,
+    finetune_steps: int = 0, lr: float = 1e-4) -> list[Row]:
+  """Float baseline, one-shot pruning (+ optional fine-tune), PTQ and QAT.
+
+  Args:
+    apply_fn, variables: the trained float classifier.
+    eval_batches: returns a fresh iterable of eval batches each call.
+    calib_batches: a few image batches for activation calibration.
+    sparsities / n_m: unstructured sparsities and N:M patterns to try.
+    bits / calibration: PTQ bit widths and calibration methods.
+    train_batches: returns an iterator of training batches; needed for
+      fine-tuning pruned models (with the pruning wrapper, masks fixed) and QAT.
+    finetune_steps: 0 -> one-shot pruning only and no QAT rows.
+  Returns:
+    The rows of the table, float baseline first.
+  """
+  sel = pruning.prunable(variables["params"], pruning.SparsityConfig())
+  dense_bytes = quant.stored_bytes(variables)
+  other_bytes = dense_bytes - quant.stored_bytes(variables["params"])
+  rows = [Row(model, "float", 0.0, "-", 32, dense_bytes, dense_bytes,
+              accuracy(apply_fn, variables, eval_batches()))]
+
+  def prune_rows(cfg):
+    pruned = {**variables, "params": pruning.prune(variables["params"], cfg)}
+    method = "prune (one-shot)"
+    if finetune_steps and train_batches is not None:
+      tx = pruning.wrap(optax.adam(lr), dataclasses.replace(cfg, start_step=0))
+      pruned, _ = finetune(apply_fn, pruned, train_batches(), finetune_steps, tx)
+      method = f"prune + {finetune_steps} steps"
+    rep = pruning.sparsity_report(pruned["params"])
+    rows.append(Row(model, method, rep["_total"], cfg.pattern, 32, dense_bytes,
+                    sparse_bytes(pruned["params"], sel) + other_bytes,
+                    accuracy(apply_fn, pruned, eval_batches())))
+
+  for s in sparsities:
+    prune_rows(pruning.SparsityConfig(sparsity=s))
+  for pattern in n_m:
+    prune_rows(pruning.SparsityConfig(pattern=pattern))
+
+  x0 = calib_batches[0]
+  layers = quant.find_layers(apply_fn, variables, x0)
+  for method in calibration:
+    ranges = quant.calibrate(apply_fn, variables, calib_batches, method)
+    for b in bits:
+      qv = quant.quantize_variables(variables, ranges, b)
+      acc = accuracy(quant.integer_apply(apply_fn, b), qv, eval_batches())
+      rows.append(Row(model, f"ptq ({method})", 0.0, "-", b,
+                      quant.stored_bytes(qv), quant.stored_bytes(qv), acc))
+
+  if finetune_steps and train_batches is not None:
+    for b in bits:
+      qat_fn = quant.qat_apply(apply_fn, layers, b)
+      trained, _ = finetune(qat_fn, variables, train_batches(), finetune_steps,
+                            optax.adam(lr))
+      ranges = quant.calibrate(apply_fn, trained, calib_batches, "minmax")
+      qv = quant.quantize_variables(trained, ranges, b)
+      acc = accuracy(quant.integer_apply(apply_fn, b), qv, eval_batches())
+      rows.append(Row(model, f"qat + {finetune_steps} steps", 0.0, "-", b,
+                      quant.stored_bytes(qv), quant.stored_bytes(qv), acc))
+  return rows
+
+
+def to_markdown(rows: Sequence[Row]) -> str:
+  """A markdown table of `rows`."""
+  head = ("| model | method | pattern | sparsity | bits | bytes stored | "
+          "bytes sparse | test accuracy |\n|---|---|---|---|---|---|---|---|")
+  lines = [head]
+  for r in rows:
+    lines.append(f"| {r.model} | {r.method} | {r.pattern} | {r.sparsity:.3f} | "
+                 f"{r.bits} | {r.bytes_stored} | {r.bytes_sparse} | "
+                 f"{r.accuracy:.4f} |")
+  return "\n".join(lines)
+
+
+def plot_accuracy_vs_sparsity(rows: Sequence[Row], path: str) -> None:
+  """PNG: test accuracy against sparsity (float + unstructured/N:M pruning)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  base = [r for r in rows if r.method == "float"]
+  unstr = sorted([r for r in rows if r.method.startswith("prune")
+                  and r.pattern == "unstructured"], key=lambda r: r.sparsity)
+  pts = base + unstr
+  ax.plot([r.sparsity for r in pts], [r.accuracy for r in pts], "o-",
+          label="unstructured magnitude")
+  for r in rows:
+    if r.method.startswith("prune") and r.pattern not in ("unstructured", "-"):
+      ax.plot([r.sparsity], [r.accuracy], "s", label=r.pattern)
+  ax.set_xlabel("sparsity (fraction of zero kernel weights)")
+  ax.set_ylabel("test accuracy")
+  ax.set_title(rows[0].model if rows else "")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
