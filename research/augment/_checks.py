@@ -14,7 +14,7 @@ import numpy as np
 
 
 def check_image(op: str, image, channels: Sequence[int] | None = None):
-  """Checks one float image `[H, W, C]`; returns it unchanged.
+  """Checks one float image `[H, W, C]`; returns it as a jax array.
 
   Args:
     op: the op's name, used in error messages.
@@ -35,7 +35,7 @@ def check_image(op: str, image, channels: Sequence[int] | None = None):
   if channels is not None and shape[-1] not in channels:
     raise ValueError(f'augment.{op}: image must have {list(channels)} '
                      f'channels, got shape {tuple(shape)}')
-  return image
+  return jnp.asarray(image)
 
 
 def check_batch(op: str, images):

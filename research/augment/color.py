@@ -13,7 +13,8 @@ treat the single channel as luma).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,8 @@ from research.augment import _checks
 LUMA = (0.299, 0.587, 0.114)
 
 
-class PixelOp(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class PixelOp:
   """A random per-image op `op(key, image) -> image` with a name."""
   name: str
   fn: Callable
@@ -170,7 +172,7 @@ def equalize(image):
     hist = _histogram256(u)
     total = float(h * w)
     last = jnp.max(u).astype(jnp.int32)
-    step = jnp.floor((total - hist[last]) / 256.0)
+    step = jnp.floor((total - hist[last]) / 255.0)
     cum_before = jnp.cumsum(hist) - hist
     safe = jnp.maximum(step, 1.0)
     lut = jnp.minimum(jnp.floor((jnp.floor(step / 2.0) + cum_before) / safe),
@@ -205,7 +207,7 @@ def adjust_sharpness(image, factor):
   """PIL ImageEnhance.Sharpness: blends with the 3x3 SMOOTH-filtered image
   (border pixels unfiltered), factor 0 = smooth, 1 = identity, > 1 sharper."""
   _checks.check_in('sharpness', 'factor', factor, 0.0, float('inf'))
-  _checks.check_image('sharpness', image)
+  image = _checks.check_image('sharpness', image)
   h, w, _ = image.shape
   if h < 3 or w < 3:
     return image

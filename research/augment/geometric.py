@@ -16,8 +16,9 @@ pixel, which is much faster on the CPU than gathering single elements.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -297,7 +298,8 @@ def crop_resize_matrix(top, left, height, width, out_shape):
 # Geometric op objects, fusable by `policies.compose`.
 
 
-class GeometricOp(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class GeometricOp:
   """A random geometric op as a matrix generator.
 
   `matrix_fn(key, (H, W)) -> (M [3, 3], (Ho, Wo))` returns the output->input
@@ -392,7 +394,7 @@ def rotate_op(degrees=15.0, interpolation='bilinear', border='constant',
   """Random rotation by U[-degrees, degrees] (or a range)."""
   g = affine_op(rotate=degrees, interpolation=interpolation, border=border,
                 fill=fill)
-  return g._replace(name='rotate')
+  return dataclasses.replace(g, name='rotate')
 
 
 def translate_op(fraction=0.125, interpolation='bilinear', border='constant',
@@ -400,7 +402,7 @@ def translate_op(fraction=0.125, interpolation='bilinear', border='constant',
   """Random translation by up to `fraction` of the size on each axis."""
   g = affine_op(translate=fraction, interpolation=interpolation,
                 border=border, fill=fill)
-  return g._replace(name='translate')
+  return dataclasses.replace(g, name='translate')
 
 
 def random_resized_crop_params(key, shape, scale=(0.08, 1.0),

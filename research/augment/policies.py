@@ -14,6 +14,7 @@ uniform (no per-batch quotas).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -117,7 +118,7 @@ def random_apply(op, p: float = 0.5):
                          f'cannot be applied with p={p} < 1')
       return jnp.where(jax.random.bernoulli(k2, p), m, jnp.eye(3)), out
 
-    return op._replace(matrix_fn=matrix_fn)
+    return dataclasses.replace(op, matrix_fn=matrix_fn)
 
   def fn(key, image):
     k1, k2 = jax.random.split(key)

@@ -99,14 +99,17 @@ def make_op(name: str, *args, **kwargs):
   if name not in OPS:
     raise ValueError(f'augment.build: unknown op {name!r}; valid ops: '
                      f'{", ".join(sorted(OPS))}')
-  p = kwargs.pop('p', None)
   factory = OPS[name]
+  # Ops with their own probability (flips) take p directly.
+  own_p = 'p' in inspect.signature(factory).parameters
+  p = None if own_p else kwargs.pop('p', None)
   try:
     inspect.signature(factory).bind(*args, **kwargs)
   except TypeError as e:
     params = list(inspect.signature(factory).parameters)
+    params += [] if own_p else ['p']
     raise ValueError(f'augment.build: bad arguments for {name}: {e}; its '
-                     f'parameters are {params + ["p"]}') from e
+                     f'parameters are {params}') from e
   op = factory(*args, **kwargs)
   if p is not None:
     op = policies.random_apply(op, p)
