@@ -311,14 +311,16 @@ class GeometricOp:
   border: str = 'constant'
   fill: float = 0.0
   is_flip: bool = False  # pure flips are done by indexing, not a warp.
+  # border None (crops, resizes): reads at most half a pixel past the edge,
+  # so it fuses with any border; alone it uses 'edge'.
 
   def __call__(self, key, image):
     _checks.check_image(self.name, image)
     if self.is_flip:
       return apply_flips(self.matrix_fn(key, image.shape[:2])[0], image)
     m, out = self.matrix_fn(key, image.shape[:2])
-    return warp_affine(image, m, out, self.interpolation, self.border,
-                       self.fill)
+    return warp_affine(image, m, out, self.interpolation,
+                       self.border or 'edge', self.fill)
 
 
 def apply_flips(m, image):
@@ -468,7 +470,7 @@ def random_resized_crop_op(size=None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
     box = random_resized_crop_params(key, shape, sc, rt)
     return crop_resize_matrix(*box, out), out
 
-  return GeometricOp(op, matrix_fn, interpolation, 'edge')
+  return GeometricOp(op, matrix_fn, interpolation, None)
 
 
 def _size(op, size):
@@ -510,7 +512,7 @@ def resize_op(size, interpolation='bilinear') -> GeometricOp:
     del key
     return crop_resize_matrix(0.0, 0.0, shape[0], shape[1], size), size
 
-  return GeometricOp('resize', matrix_fn, interpolation, 'edge')
+  return GeometricOp('resize', matrix_fn, interpolation, None)
 
 
 # --------------------------------------------------------------------------

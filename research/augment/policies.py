@@ -28,11 +28,32 @@ from research.augment.color import PixelOp
 from research.augment.geometric import GeometricOp
 
 
-def _fuse(run: Sequence[GeometricOp]) -> GeometricOp:
+def _mode(g: GeometricOp):
+  """(interpolation, border, fill) a geometric op needs; None entries fit
+  anything. Flips fit anything (pixel centres map onto pixel centres);
+  crops/resizes (border None) read only inside the image, up to half a
+  pixel past its edge."""
+  if g.is_flip:
+    return (None, None, None)
+  if g.border is None:
+    return (g.interpolation, None, None)
+  return (g.interpolation, g.border, g.fill)
+
+
+def _merge(a, b):
+  """Merged mode of two compatible modes, or None if they conflict."""
+  out = []
+  for x, y in zip(a, b):
+    if x is not None and y is not None and x != y:
+      return None
+    out.append(x if x is not None else y)
+  return tuple(out)
+
+
+def _fuse(run: Sequence[GeometricOp], mode) -> GeometricOp:
   """One GeometricOp whose matrix is the product of the run's matrices."""
-  modes = {(g.interpolation, g.border, g.fill) for g in run if not g.is_flip}
-  mode = modes.pop() if modes else (run[0].interpolation, run[0].border,
-                                    run[0].fill)
+  defaults = ('bilinear', 'edge', 0.0)
+  mode = tuple(m if m is not None else d for m, d in zip(mode, defaults))
 
   def matrix_fn(key, shape):
     keys = jax.random.split(key, len(run))
@@ -44,31 +65,32 @@ def _fuse(run: Sequence[GeometricOp]) -> GeometricOp:
       total = total @ m
     return total, shape
 
+  if len(run) == 1 and run[0].border is not None:
+    return run[0]
   name = '+'.join(g.name for g in run)
   return GeometricOp(name, matrix_fn, *mode,
                      is_flip=all(g.is_flip for g in run))
 
 
 def fuse_geometric(ops):
-  """Groups consecutive geometric ops with the same (interpolation, border,
-  fill) into single fused ops. Flips fuse with anything (they map pixel
-  centres onto pixel centres, so they are exact under any resampling)."""
-  out, run, mode = [], [], None
+  """Groups consecutive geometric ops with compatible (interpolation,
+  border, fill) into single fused ops (see `_mode`)."""
+  out, run, mode = [], [], (None, None, None)
   for op in ops:
     if isinstance(op, GeometricOp):
-      m = None if op.is_flip else (op.interpolation, op.border, op.fill)
-      if run and m is not None and mode is not None and m != mode:
-        out.append(_fuse(run))
-        run, mode = [], None
+      merged = _merge(mode, _mode(op))
+      if run and merged is None:
+        out.append(_fuse(run, mode))
+        run, merged = [], _mode(op)
       run.append(op)
-      mode = m if m is not None else mode
+      mode = merged
       continue
     if run:
-      out.append(_fuse(run))
-      run, mode = [], None
+      out.append(_fuse(run, mode))
+      run, mode = [], (None, None, None)
     out.append(op)
   if run:
-    out.append(_fuse(run))
+    out.append(_fuse(run, mode))
   return out
 
 

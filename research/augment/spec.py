@@ -155,7 +155,8 @@ def _batched_stage(stage):
           images = to_float(images)
         return jax.vmap(geo.apply_flips)(mats, images)
       return geo.warp_affine_batch(images, mats, out_shape,
-                                   stage.interpolation, stage.border,
+                                   stage.interpolation,
+                                   stage.border or 'edge',
                                    stage.fill)
 
     geometric.accepts_uint8 = not stage.is_flip

@@ -1,0 +1,187 @@
+"""Benchmarks the standard augmentation pipeline against peer libraries.
+
+Pipeline: random horizontal flip, random rotation in [-15, 15] degrees
+(bilinear), random resized crop back to the input size (scale 0.08-1, ratio
+3/4-4/3), brightness / contrast / saturation jitter 0.4. uint8 in, float32
+out; the conversion is timed. Reports images/s after compilation (median of
+repeats), every peer in the same run, and ratios to research.augment.
+
+  python scripts/bench_augment.py [--repeats 5] [--shapes 256x32,64x224]
+
+Peers that are not installed (or fail to import) are skipped and listed.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import augment
+
+SPEC = ('flip_lr|affine(rotate=15)|random_resized_crop(scale=(0.08, 1.0), '
+        'ratio=(0.75, 1.3333))|color_jitter(0.4, 0.4, 0.4, 0.0)')
+
+
+def ours(size):
+  fn = jax.jit(augment.build(SPEC))
+  return lambda key, x: fn(key, x)
+
+
+def dm_pix_pipeline(size):
+  """dm_pix ops, each under vmap, one jit. dm_pix has no random resized
+  crop, so the crop box is drawn with our torchvision-style sampler and
+  resampled with dm_pix.affine_transform."""
+  import dm_pix as pix
+
+  def one(key, x):
+    k = jax.random.split(key, 6)
+    x = x.astype(jnp.float32) / 255.0
+    x = pix.random_flip_left_right(k[0], x)
+    angle = jax.random.uniform(k[1], (), minval=-15.0, maxval=15.0)
+    x = pix.rotate(x, jnp.deg2rad(angle), order=1, mode='constant')
+    top, left, bh, bw = augment.random_resized_crop_params(k[2], (size, size))
+    mat = jnp.diag(jnp.array([bh / size, bw / size, 1.0]))
+    off = jnp.array([top + 0.5 * bh / size - 0.5, left + 0.5 * bw / size - 0.5,
+                     0.0])
+    x = pix.affine_transform(x, mat, offset=off, order=1, mode='nearest')
+    x = pix.random_brightness(k[3], x, 0.4)
+    x = pix.random_contrast(k[4], x, 0.6, 1.4)
+    x = pix.random_saturation(k[5], x, 0.6, 1.4)
+    return jnp.clip(x, 0.0, 1.0)
+
+  fn = jax.jit(lambda key, x: jax.vmap(one)(jax.random.split(key, x.shape[0]),
+                                            x))
+  return fn
+
+
+def augmax_pipeline(size):
+  """augmax 0.4.1 (its ColorJitter saturation is a no-op: known bug)."""
+  import augmax
+  chain = augmax.Chain(
+      augmax.ByteToFloat(), augmax.HorizontalFlip(),
+      augmax.Rotate((-15, 15)),
+      augmax.RandomSizedCrop(size, size, zoom_range=(1.0, 1 / np.sqrt(0.08))),
+      augmax.ColorJitter(0.4, 0.4, 0.4, 0.0, p=1.0))
+  fn = jax.jit(jax.vmap(chain))
+  return lambda key, x: fn(jax.random.split(key, x.shape[0]), x)
+
+
+def kornia_pipeline(size):
+  import kornia.augmentation as K
+  import torch
+  aug = K.AugmentationSequential(
+      K.RandomHorizontalFlip(), K.RandomRotation(15.0),
+      K.RandomResizedCrop((size, size), scale=(0.08, 1.0)),
+      K.ColorJitter(0.4, 0.4, 0.4, 0.0, p=1.0))
+
+  def run(key, x):
+    del key
+    with torch.no_grad():
+      t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255)
+      return aug(t)
+  return run
+
+
+def albumentations_pipeline(size):
+  import albumentations as alb
+  aug = alb.Compose([
+      alb.HorizontalFlip(), alb.Rotate(limit=15, border_mode=0),
+      alb.RandomResizedCrop((size, size), scale=(0.08, 1.0)),
+      alb.ColorJitter(0.4, 0.4, 0.4, 0.0, p=1.0)])
+
+  def run(key, x):
+    del key
+    return np.stack([aug(image=im)['image'] for im in x]).astype(
+        np.float32) / 255
+  return run
+
+
+def torchvision_pipeline(size):
+  import torch
+  from torchvision.transforms import v2
+  aug = v2.Compose([
+      v2.RandomHorizontalFlip(), v2.RandomRotation(15),
+      v2.RandomResizedCrop(size, antialias=False),
+      v2.ColorJitter(0.4, 0.4, 0.4)])
+
+  def run(key, x):
+    del key
+    with torch.no_grad():
+      t = torch.from_numpy(x).permute(0, 3, 1, 2)
+      return v2.functional.to_dtype(aug(t), torch.float32, scale=True)
+  return run
+
+
+PEERS = [
+    ('research.augment', ours, 'per image'),
+    ('dm_pix (vmap+jit)', dm_pix_pipeline, 'per image'),
+    ('augmax', augmax_pipeline, 'per image'),
+    ('kornia (batched)', kornia_pipeline, 'per image'),
+    ('albumentations', albumentations_pipeline, 'per image'),
+    ('torchvision v2 (batched)', torchvision_pipeline, 'ONE per batch'),
+]
+
+
+def block(y):
+  if hasattr(y, 'block_until_ready'):
+    y.block_until_ready()
+  return y
+
+
+def time_peer(fn, x, repeats, budget_s):
+  keys = [jax.random.key(i) for i in range(repeats + 1)]
+  block(fn(keys[0], x))  # compile / warm up
+  t0 = time.perf_counter()
+  block(fn(keys[0], x))
+  first = time.perf_counter() - t0
+  n = max(1, min(repeats, int(budget_s / max(first, 1e-3))))
+  times = []
+  for k in keys[1:n + 1]:
+    t = time.perf_counter()
+    block(fn(k, x))
+    times.append(time.perf_counter() - t)
+  return float(np.median(times)), len(times)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--shapes', default='256x32,64x224')
+  p.add_argument('--budget_s', type=float, default=10.0,
+                 help='cap on timed seconds per peer and shape')
+  args = p.parse_args()
+  rng = np.random.default_rng(0)
+  print(f'jax {jax.__version__}, devices {jax.devices()}')
+  rows = []
+  for shape in args.shapes.split(','):
+    n, s = (int(v) for v in shape.split('x'))
+    x = rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)
+    xj = jnp.asarray(x)
+    base = None
+    for name, make, params in PEERS:
+      try:
+        fn = make(s)
+        inp = xj if name.split(' ')[0] in ('research.augment', 'dm_pix',
+                                           'augmax') else x
+        med, reps = time_peer(fn, inp, args.repeats, args.budget_s)
+      except Exception as e:  # A missing or broken peer is reported.
+        print(f'{n}x{s}: {name} skipped: {type(e).__name__}: {e}'[:200])
+        continue
+      ips = n / med
+      base = ips if base is None else base
+      rows.append((f'{n}x{s}x3', name, params, ips, reps, base / ips))
+      print(f'{n}x{s}: {name:28s} {ips:10.0f} img/s  (median of {reps}); '
+            f'research.augment is {base / ips:.2f}x', flush=True)
+  print('\n| shape | library | random params | img/s | repeats | '
+        'research.augment speed-up |')
+  print('| --- | --- | --- | ---: | ---: | ---: |')
+  for shape, name, params, ips, reps, ratio in rows:
+    print(f'| {shape} | {name} | {params} | {ips:,.0f} | {reps} | '
+          f'{ratio:.2f}x |')
+
+
+if __name__ == '__main__':
+  main()
