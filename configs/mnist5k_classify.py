@@ -24,7 +24,7 @@ def get_config(arg: str = ""):
       name="mnist5k", train_split="train", eval_split="test", data_dir="",
       image_size=0, few_shot_k=0, few_shot_seed=0, synthetic="", synthetic_ratio=0.0))
   c.input = ml_collections.ConfigDict(dict(size=0, channels=0, normalize="unit"))
-  c.model = ml_collections.ConfigDict(dict(name="small_cnn", num_classes=10, dropout=0.3))
+  c.model = ml_collections.ConfigDict(dict(name="small_cnn", num_classes=10, width=32, dropout=0.3))
   c.augment = ""
   c.mix = "none"
   c.mix_alpha = 1.0

@@ -17,7 +17,6 @@ local batch and collectives span all processes.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import jax
@@ -37,8 +36,8 @@ def initialize_distributed(coordinator_address: str | None = None,
 
   On the CPU, collectives across processes need the gloo implementation.
   """
-  if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Only affects CPU devices; must not query the backend before initialize().
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id,
                              local_device_ids=local_device_ids)

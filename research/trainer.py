@@ -134,6 +134,10 @@ def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
 
 
 def save_checkpoint(mngr, step: int, state, data_state: dict, metrics=None) -> None:
+  if jax.process_count() > 1:
+    # pmap outputs are host-local arrays, which orbax cannot write across hosts;
+    # the state is identical on every process, so write its host copy.
+    state = jax.device_get(state)
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           data=ocp.args.JsonSave(data_state)),
             metrics=metrics, force=True)
@@ -147,8 +151,16 @@ def restore_checkpoint(mngr, abstract_state) -> tuple[int, Any, dict] | None:
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
       return step, restored["state"], restored["data"]
     except Exception as e:  # pylint: disable=broad-except
+      # Move it aside (kept for inspection) so the resumed run can save this step again.
+      aside = os.path.join(os.path.dirname(str(mngr.directory)), "checkpoints_unreadable",
+                           f"{step}_{int(time.time())}")
+      if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        os.replace(os.path.join(str(mngr.directory), str(step)), aside)
+      mngr.reload()
       msg = (f"checkpoint at step {step} in {mngr.directory} is unreadable "
-             f"({type(e).__name__}: {str(e)[:200]}); falling back to the previous one")
+             f"({type(e).__name__}: {str(e)[:200]}); moved it to {aside} and "
+             f"falling back to the previous one")
       log.warning(msg)
       print(f"WARNING: {msg}", flush=True)
   return None
@@ -231,7 +243,16 @@ def _first_nonfinite(history: list[tuple[int, dict]]) -> int | None:
 
 # ---------------------------------------------------------------- main entry
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config.task` as the config says, in `workdir`; returns the final eval metrics."""
+  """Trains `config.task` as the config says, in `workdir`; returns the final eval metrics.
+
+  SIGTERM/SIGINT (from set-up on) save a checkpoint at the next step and return.
+  """
+  stop = _StopSignal()
+  with stop.installed():
+    return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
   if config.get("distributed", False) and jax.process_count() == 1:
     parallel.initialize_distributed()
   workdir = os.path.abspath(workdir)
@@ -257,7 +278,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = task.init_state(init_rng, example)
   mngr = make_checkpoint_manager(workdir, config)
   step = 0
-  restored = restore_checkpoint(mngr, jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+  abstract = (jax.device_get(state) if jax.process_count() > 1
+              else jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+  restored = restore_checkpoint(mngr, abstract)
   if restored is not None:
     step, state, data_state = restored
     train_iter.set_state(data_state)
@@ -275,7 +298,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_good = step
   final_eval: dict[str, Any] = {}
   t_last, step_last = time.perf_counter(), step
-  stop = _StopSignal()
 
   def evaluate(state, step):
     sums = None
@@ -305,40 +327,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return means
 
   try:
-    with stop.installed():
-      while step < num_steps:
-        batch = dp.put_batch(parallel.shard(next(train_iter)))
-        state, metrics = dp.train_step(state, batch, train_rng, jnp.int32(step))
-        step += 1
-        history.append((step, metrics))
-        boundary_eval = step % eval_every == 0 or step == num_steps
-        boundary_ckpt = step % ckpt_every == 0 or boundary_eval or stop.received
-        if step % log_every == 0 or boundary_ckpt:
-          means = flush_history(step)
-          now = time.perf_counter()
-          rate = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
-          t_last, step_last = now, step
-          means["images_per_sec"] = rate
-          writer.write(step, "train", means)
-          progress.update(step, {"loss": means.get("loss", float("nan")), "img/s": rate})
-        eval_metrics = None
-        if boundary_eval:
-          eval_metrics = evaluate(state, step)
-          final_eval = eval_metrics
-        if boundary_ckpt:
-          best = config.get("best_metric", "")
-          save_checkpoint(mngr, step, state, train_iter.get_state(),
-                          metrics={best: eval_metrics[best]} if (best and eval_metrics) else None)
-          last_good = step
-        if stop.received:
-          mngr.wait_until_finished()
-          msg = (f"Received {stop.received}: saved a checkpoint at step {step} in "
-                 f"{workdir}/checkpoints; rerun the same command to resume.")
-          print(msg, flush=True)
-          writer.write(step, "preempted", {"signal": stop.received})
-          return {"preempted": True, "step": step, **final_eval}
-      if not final_eval:  # resumed a finished run: report its metrics again
-        final_eval = evaluate(state, step)
+    while step < num_steps:
+      batch = dp.put_batch(parallel.shard(next(train_iter)))
+      state, metrics = dp.train_step(state, batch, train_rng, jnp.int32(step))
+      step += 1
+      history.append((step, metrics))
+      boundary_eval = step % eval_every == 0 or step == num_steps
+      boundary_ckpt = step % ckpt_every == 0 or boundary_eval or stop.received
+      if step % log_every == 0 or boundary_ckpt:
+        means = flush_history(step)
+        now = time.perf_counter()
+        rate = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
+        t_last, step_last = now, step
+        means["images_per_sec"] = rate
+        writer.write(step, "train", means)
+        progress.update(step, {"loss": means.get("loss", float("nan")), "img/s": rate})
+      eval_metrics = None
+      if boundary_eval:
+        eval_metrics = evaluate(state, step)
+        final_eval = eval_metrics
+      if boundary_ckpt:
+        best = config.get("best_metric", "")
+        save_checkpoint(mngr, step, state, train_iter.get_state(),
+                        metrics={best: eval_metrics[best]} if (best and eval_metrics) else None)
+        last_good = step
+      if stop.received:
+        mngr.wait_until_finished()
+        msg = (f"Received {stop.received}: saved a checkpoint at step {step} in "
+               f"{workdir}/checkpoints; rerun the same command to resume.")
+        print(msg, flush=True)
+        writer.write(step, "preempted", {"signal": stop.received})
+        return {"preempted": True, "step": step, **final_eval}
+    if not final_eval:  # resumed a finished run: report its metrics again
+      final_eval = evaluate(state, step)
   finally:
     progress.close()
     mngr.wait_until_finished()

@@ -18,6 +18,12 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="configs/NAME.py[:arg]")
   parser.add_argument("--workdir", required=True)
+  parser.add_argument("--coordinator_address", default=None,
+                      help="multi-host: host:port of process 0 (starts jax.distributed)")
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+  parser.add_argument("--dump_params", default=None,
+                      help="also write the final parameters to this .npz (for checks)")
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
@@ -25,7 +31,10 @@ def main(argv=None) -> int:
       parser.error(f"unrecognised argument {item!r}; overrides look like --config.field=value")
     overrides.append(item[2:])
   logging.basicConfig(level=logging.WARNING)
-  from research import config_lib, trainer  # pylint: disable=g-import-not-at-top
+  from research import config_lib, parallel, trainer  # pylint: disable=g-import-not-at-top
+  if args.coordinator_address:
+    parallel.initialize_distributed(args.coordinator_address, args.num_processes,
+                                    args.process_id)
   try:
     config = config_lib.apply_overrides(config_lib.load(args.config), overrides)
   except config_lib.ConfigError as e:
@@ -33,6 +42,13 @@ def main(argv=None) -> int:
     return 2
   result = trainer.train_and_evaluate(config, args.workdir)
   summary = {k: v for k, v in result.items() if k != "confusion"}
+  import jax  # pylint: disable=g-import-not-at-top
+  summary.update(process_count=jax.process_count(), device_count=jax.device_count())
+  if args.dump_params:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from research import params as P  # pylint: disable=g-import-not-at-top
+    _, state = trainer.load_state(args.workdir, config)
+    np.savez(args.dump_params, **{k: np.asarray(v) for k, v in P.flatten(state.params).items()})
   print(json.dumps(summary, indent=1))
   return 0
 

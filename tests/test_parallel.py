@@ -1,0 +1,64 @@
+"""8 devices == 1 device, and pmap == jit+shard_map, for the BatchNorm ResNet."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from research import data, parallel
+from research.tasks.classify import ClassifyTask
+
+
+def _config():
+  c = ml_collections.ConfigDict()
+  c.task = "classify"
+  c.num_steps = 20
+  c.model = ml_collections.ConfigDict(dict(name="resnet18", num_classes=10, width=4))
+  c.input = ml_collections.ConfigDict(dict(size=0, channels=0, normalize="unit"))
+  c.optimizer = ml_collections.ConfigDict(dict(name="momentum", lr=0.02, schedule="constant",
+                                               weight_decay=5e-4))
+  c.label_smoothing = 0.1
+  return c
+
+
+def _train(num_devices, mode, steps=20, global_batch=32):
+  task = ClassifyTask(_config())
+  train = data.load("mnist5k", "train")  # real digits: a well-conditioned problem
+  images = train["image"][:steps * global_batch, 6:22, 6:22].reshape(steps, global_batch, 16, 16, 1)
+  labels = train["label"][:steps * global_batch].reshape(steps, global_batch)
+  state = task.init_state(jax.random.PRNGKey(0), {"image": images[0, :2], "label": labels[0, :2]})
+  dp = parallel.DataParallel(task.train_step, task.eval_step, mode=mode,
+                             devices=jax.local_devices()[:num_devices])
+  state = dp.put_state(state)
+  for s in range(steps):
+    batch = parallel.shard({"image": images[s], "label": labels[s]}, num_devices)
+    state, metrics = dp.train_step(state, dp.put_batch(batch), jax.random.PRNGKey(1), np.int32(s))
+  return jax.device_get((state.params, state.batch_stats)), jax.device_get(metrics)
+
+
+def _max_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_eight_devices_equal_one_device_with_cross_replica_batchnorm():
+  assert jax.local_device_count() == 8
+  one, m1 = _train(1, "pmap")
+  eight, m8 = _train(8, "pmap")
+  assert _max_diff(one, eight) <= 1e-5
+  assert abs(float(m1["loss"]) - float(m8["loss"])) <= 1e-5
+
+
+def test_pmap_and_shard_map_give_the_same_parameters():
+  a, _ = _train(8, "pmap", steps=5)
+  b, _ = _train(8, "shard_map", steps=5)
+  assert _max_diff(a, b) <= 1e-6
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error():
+  with pytest.raises(ValueError, match="batch_size 12 is not divisible by the device count 8"):
+    parallel.check_batch_size(12)
+
+
+def test_unknown_mode_is_a_clear_error():
+  with pytest.raises(ValueError, match="mode must be one of .* got 'vmap'"):
+    parallel.DataParallel(lambda s, b, r: (s, {}), mode="vmap")
