@@ -52,7 +52,7 @@ def get_config(arg: str = ""):
     c.optimizer.lr = 0.1
     c.optimizer.weight_decay = 5e-4
   if "augment" in args:
-    c.augment = "affine(rotate=10,translate=0.1,scale=(0.9,1.1))|random_erasing(0.25)"
+    c.augment = "affine(rotate=10,translate=0.1,scale=0.1)|random_erasing(p=0.25)"
   if "quick" in args:
     c.num_steps = 60
     c.log_every = 20
