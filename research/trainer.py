@@ -329,7 +329,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
   try:
     while step < num_steps:
       batch = dp.put_batch(parallel.shard(next(train_iter)))
-      state, metrics = dp.train_step(state, batch, train_rng, jnp.int32(step))
+      state, metrics = dp.train_step(state, batch, train_rng, np.int32(step))
       step += 1
       history.append((step, metrics))
       boundary_eval = step % eval_every == 0 or step == num_steps
