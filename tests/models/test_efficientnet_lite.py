@@ -132,3 +132,25 @@ def test_cross_replica_batchnorm_equals_big_batch(small_lite0):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-3,
                                                        atol=1e-4),
                stats_2, stats_1)
+
+
+@pytest.mark.parametrize("size,k,stride", [(9, 3, 1), (9, 5, 2), (8, 5, 2),
+                                           (8, 3, 2)])
+def test_depthwise_conv_gradients_match_xla(size, k, stride):
+  r = np.random.default_rng(size + k + stride)
+  x = jnp.asarray(r.normal(size=(2, size, size, 6)), jnp.float32)
+  w = jnp.asarray(r.normal(size=(k, k, 1, 6)), jnp.float32)
+  g = jnp.asarray(r.normal(size=(2, -(-size // stride), -(-size // stride), 6)),
+                  jnp.float32)
+
+  def xla(x, w):
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6)
+
+  ours = lambda x, w: lite.depthwise_conv2d(x, w, stride)
+  np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
+  want = jax.vjp(xla, x, w)[1](g)
+  got = jax.vjp(ours, x, w)[1](g)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,162 @@
+r"""Train-step throughput: Flax EfficientNet-Lite0 vs the PyTorch reference, on CPU.
+
+Both sides run the same step on the same batch: forward in training mode
+(batch statistics, dropout 0.2, drop-connect 0.2), softmax cross-entropy,
+backward, SGD with momentum 0.9. Steps alternate between the two frameworks
+so that load from other processes hits both alike; after warm-up the median
+of the timed steps is reported.
+
+  python scripts/bench_efficientnet.py --configs=32x224,128x64 --repeats=5
+
+Needs the `torch` extra (torch==2.13.0, efficientnet-lite-pytorch==0.1.0).
+`--forward_only` also times the inference forward pass, to see how the step
+time splits between forward and backward.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from research.models import efficientnet_lite
+
+
+def flax_step_fn(batch, res, lr=0.01):
+  """Returns (step(), forward()) closures over a jitted Flax train step."""
+  model = efficientnet_lite.EfficientNetLite0(num_classes=1000)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch, res, res, 3)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 1000, size=batch))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  tx = optax.sgd(lr, momentum=0.9)
+  state = {"params": variables["params"],
+           "batch_stats": variables["batch_stats"],
+           "opt": tx.init(variables["params"]),
+           "rng": jax.random.PRNGKey(1)}
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state, x, y):
+    rng, dropout_rng = jax.random.split(state["rng"])
+
+    def loss_fn(params):
+      logits, new = model.apply(
+          {"params": params, "batch_stats": state["batch_stats"]}, x,
+          train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      return loss, new["batch_stats"]
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates),
+            "batch_stats": stats, "opt": opt, "rng": rng}, loss
+
+  forward = jax.jit(model.apply)
+  box = [state]
+
+  def step():
+    box[0], loss = train_step(box[0], x, y)
+    loss.block_until_ready()
+
+  def fwd():
+    forward({"params": box[0]["params"],
+             "batch_stats": box[0]["batch_stats"]}, x).block_until_ready()
+  return step, fwd
+
+
+def torch_step_fn(batch, res, lr=0.01):
+  """The same step for efficientnet_lite_pytorch's EfficientNet."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from efficientnet_lite_pytorch import EfficientNet  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  model = EfficientNet.from_name("efficientnet-lite0", image_size=res)
+  rng = np.random.default_rng(0)
+  x = torch.from_numpy(rng.normal(size=(batch, 3, res, res)).astype(np.float32))
+  y = torch.from_numpy(rng.integers(0, 1000, size=batch))
+  opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def step():
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    float(loss)
+
+  def fwd():
+    model.eval()
+    with torch.no_grad():
+      model(x)
+  return step, fwd
+
+
+def timed(fn):
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def bench(batch, res, warmup, repeats, forward_only):
+  import torch  # pylint: disable=g-import-not-at-top
+  fx_step, fx_fwd = flax_step_fn(batch, res)
+  pt_step, pt_fwd = torch_step_fn(batch, res)
+  t0 = time.perf_counter()
+  fx_step()
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    fx_step()
+    pt_step()
+  times = {"flax": [], "torch": []}
+  for _ in range(repeats):  # interleaved so background load hits both alike
+    times["flax"].append(timed(fx_step))
+    times["torch"].append(timed(pt_step))
+  row = {k: statistics.median(v) for k, v in times.items()}
+  row["compile_s"] = compile_s
+  if forward_only:
+    fx_fwd()
+    pt_fwd()
+    row["flax_fwd"] = statistics.median(timed(fx_fwd) for _ in range(repeats))
+    row["torch_fwd"] = statistics.median(timed(pt_fwd) for _ in range(repeats))
+  row["torch_threads"] = torch.get_num_threads()
+  return row
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--configs", default="32x224,128x64",
+                      help="comma-separated BATCHxRESOLUTION")
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--forward_only", action="store_true",
+                      help="also time the inference forward pass")
+  args = parser.parse_args()
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+  header = ("| batch x res | Flax img/s | PyTorch img/s | Flax / PyTorch |"
+            " Flax compile s |")
+  if args.forward_only:
+    header += " Flax fwd img/s | PyTorch fwd img/s |"
+  print(header)
+  print("|" + "---|" * (header.count("|") - 1))
+  for config in args.configs.split(","):
+    batch, res = (int(v) for v in config.split("x"))
+    r = bench(batch, res, args.warmup, args.repeats, args.forward_only)
+    line = (f"| {batch} x {res}x{res} | {batch / r['flax']:.1f} | "
+            f"{batch / r['torch']:.1f} | {r['torch'] / r['flax']:.2f} | "
+            f"{r['compile_s']:.1f} |")
+    if args.forward_only:
+      line += f" {batch / r['flax_fwd']:.1f} | {batch / r['torch_fwd']:.1f} |"
+    print(line, flush=True)
+  print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+  main()
