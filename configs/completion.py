@@ -1,0 +1,149 @@
+"""The data-completion ablation: few-shot mnist5k, k labelled images per class.
+
+  python scripts/sweep.py --config configs/completion.py:quick --root runs/completion_quick
+  python scripts/sweep.py --config configs/completion.py:full --root runs/completion
+
+Every arm trains the same classifier (small CNN, gray replicated to 3
+channels so the RGB augmentation policies apply) for the same fixed number
+of steps and reports the final checkpoint's test metrics: no test image is
+used for training or for choosing anything (no best-checkpoint selection,
+no early stopping).
+
+Arms (the '_arm' label of each run):
+  base          real k-shot data only
+  aug           + TrivialAugmentWide (parameter-free, chosen a priori)
+  vae@r, gan@r  + samples of a class-conditional VAE / SNGAN trained on the
+                same k-shot subset only (scripts/complete.py, once per (k,
+                seed), shared by every arm that uses it), mixed into each
+                batch at ratio r
+  aug+vae@r, aug+gan@r   augmentation and completion together
+Not included: + transfer (EfficientNet-Lite0 fine-tuned), because the
+classify task's init.checkpoint path calls research.transfer.load_pretrained,
+which research/transfer does not provide yet.
+
+Variants: quick (k = 10, 50; seed 0; r = 0.5; short budgets: minutes on a
+2-core CPU), full (k = 10, 50, 100; seeds 0, 1, 2; r = 0.25, 0.5). The seed
+picks both the k-shot subset and the training randomness.
+"""
+import importlib.util
+import os
+import re
+
+import ml_collections
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_VARIANTS = ("quick", "full")
+AUGMENT = "trivial_augment_wide"
+GENERATORS = {"vae": "mnist5k_cvae.py", "gan": "mnist5k_cgan.py"}
+_SYNTHETIC = re.compile(
+    r"\{root\}/generators/(quick|full)/(vae|gan)_k(\d+)_s(\d+)/samples\.npz")
+
+
+def _variant(arg: str) -> str:
+  arg = arg or "full"
+  if arg not in _VARIANTS:
+    raise ValueError(f"configs/completion.py: unknown variant {arg!r}; valid: {_VARIANTS}")
+  return arg
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(f"_completion_{name[:-3]}",
+                                                os.path.join(_HERE, name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg: str = ""):
+  """The classifier every arm trains (arm differences are sweep overrides)."""
+  variant = _variant(arg)
+  c = _load("mnist5k_classify.py").get_config()
+  c.data.few_shot_k = 10
+  c.input.channels = 3
+  c.model.width = 32
+  c.batch_size = 64
+  c.num_steps = 1000 if variant == "full" else 150
+  c.optimizer.warmup_steps = c.num_steps // 10
+  c.eval_every = c.num_steps        # evaluate once, at the end
+  c.checkpoint_every = max(c.num_steps // 4, 1)
+  c.log_every = min(50, c.num_steps)
+  c.best_metric = ""                # no checkpoint selection on test metrics
+  c.progress = False
+  return c
+
+
+def generator_overrides(kind: str, variant: str) -> list[str]:
+  """Budget of the class-conditional generators (scripts/complete.py flags)."""
+  common = ["--config.progress=false", "--config.best_metric="]
+  if kind == "vae":
+    steps = 2000 if variant == "full" else 300
+    return common + [f"--config.num_steps={steps}", f"--config.eval_every={steps}",
+                     f"--config.checkpoint_every={max(steps // 4, 1)}",
+                     "--config.kl_warmup_steps=" + str(steps // 5),
+                     "--config.batch_size=64", "--config.iwae_samples=0",
+                     "--config.model.width=32", "--config.model.hidden=128"]
+  steps = 2000 if variant == "full" else 300
+  return common + [f"--config.num_steps={steps}", f"--config.eval_every={steps}",
+                   f"--config.checkpoint_every={max(steps // 4, 1)}",
+                   "--config.batch_size=64", "--config.model.latent_dim=64",
+                   "--config.model.generator.width=32",
+                   "--config.model.discriminator.width=32", "--config.n_critic=1"]
+
+
+def synthetic_path(variant: str, kind: str, k: int, seed: int) -> str:
+  """Where the sweep's prerequisite job writes the (variant, kind, k, seed) generator's samples."""
+  return f"{{root}}/generators/{variant}/{kind}_k{k}_s{seed}/samples.npz"
+
+
+def get_sweep(arg: str = ""):
+  """One override dict per run: arms x k x seeds (see module doc)."""
+  variant = _variant(arg)
+  ks = (10, 50, 100) if variant == "full" else (10, 50)
+  seeds = (0, 1, 2) if variant == "full" else (0,)
+  ratios = (0.25, 0.5) if variant == "full" else (0.5,)
+  runs = []
+  for k in ks:
+    for seed in seeds:
+      arms = [("base", {}), ("aug", {"augment": AUGMENT})]
+      for kind in GENERATORS:
+        for r in ratios:
+          mix = {"data.synthetic": synthetic_path(variant, kind, k, seed), "data.synthetic_ratio": r}
+          arms.append((f"{kind}@{r}", mix))
+          arms.append((f"aug+{kind}@{r}", {"augment": AUGMENT, **mix}))
+      for arm, extra in arms:
+        runs.append({"_arm": arm, "data.few_shot_k": k, "seed": seed,
+                     "data.few_shot_seed": seed, **extra})
+  return runs
+
+
+def get_prerequisites(overrides):
+  """The generator a run's data.synthetic needs, trained on that run's k-shot subset."""
+  path = overrides.get("data.synthetic", "")
+  if not path:
+    return []
+  match = _SYNTHETIC.fullmatch(path)
+  if not match:
+    raise ValueError(f"configs/completion.py: data.synthetic={path!r} is not a "
+                     f"generator path like {synthetic_path('quick', 'vae', 10, 0)!r}")
+  variant, kind = match.group(1), match.group(2)
+  k, seed = int(match.group(3)), int(match.group(4))
+  if (k, seed) != (overrides["data.few_shot_k"], overrides["data.few_shot_seed"]):
+    raise ValueError(f"configs/completion.py: run with data.few_shot_k="
+                     f"{overrides['data.few_shot_k']}, data.few_shot_seed="
+                     f"{overrides['data.few_shot_seed']} would use a generator trained on "
+                     f"another subset (k={k}, seed={seed})")
+  return [dict(name=f"generators/{variant}/{kind}_k{k}_s{seed}",
+               command=[os.path.join(os.path.dirname(_HERE), "scripts", "complete.py"),
+                        "--config", os.path.join(_HERE, GENERATORS[kind]),
+                        "--k", str(k), "--seed", str(seed), "--out", "{dir}",
+                        "--num_per_class", "500"]
+               + generator_overrides(kind, variant),
+               output="{dir}/samples.npz")]
+
+
+def sweep_options(arg: str = ""):
+  """Defaults for scripts/sweep.py (its flags override them)."""
+  del arg
+  return dict(seed_axis="seed", group_by=["_arm", "data.few_shot_k"],
+              metrics=["accuracy", "f1"], plot_metric="accuracy",
+              x_axis="data.few_shot_k", parallel=2)

@@ -1,0 +1,138 @@
+"""Train a class-conditional generator on one k-shot subset and write labelled samples.
+
+  python scripts/complete.py --config configs/mnist5k_cvae.py --k 10 --seed 0 \
+      --out runs/gen/cvae_k10_s0 --num_per_class 500 [--config.num_steps=2000 ...]
+
+The generator's config gets data.few_shot_k=K, data.few_shot_seed=SEED and
+seed=SEED, so it trains on exactly the k-shot subset a classifier run with
+the same (k, seed) sees, and on nothing else. Writes into OUT:
+  training_data.json  what the generator trained on: k, seed, dataset, split,
+                      the subset's indices into the split, and the SHA-1 of
+                      every training image (in the order the iterator holds them)
+  generator/          the generator's trainer workdir (resumable)
+  samples.npz         {'image': uint8 [N, H, W, C], 'label': int32 [N]},
+                      num_per_class samples of every class (written last,
+                      atomically: its presence means the job is done)
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+
+def image_sha1(images) -> list[str]:
+  """SHA-1 hex digest of each uint8 image's bytes: images uint8 [N, H, W, C]."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
+
+
+def record_training_data(task, config, path: str) -> dict:
+  """Writes what the generator's training iterator draws from (see module doc)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from research import data  # pylint: disable=g-import-not-at-top
+  from research.tasks.base import DataContext  # pylint: disable=g-import-not-at-top
+  iterator = task.train_data(DataContext(global_batch_size=config.batch_size,
+                                         seed=config.seed))
+  if not isinstance(iterator, data.ArrayIterator):
+    raise ValueError(f"complete.py: the generator must train on real data only "
+                     f"(an ArrayIterator), got {type(iterator).__name__}; is "
+                     f"data.synthetic set?")
+  d = config.data
+  full = data.load(d.name, d.get("train_split", "train"), d.get("data_dir") or None,
+                   d.get("image_size", 0))
+  record = {"dataset": d.name, "split": d.get("train_split", "train"),
+            "k": int(d.few_shot_k), "seed": int(d.few_shot_seed),
+            "indices": data.few_shot_indices(full["label"], d.few_shot_k,
+                                             d.few_shot_seed).tolist(),
+            "labels": np.asarray(iterator.arrays["label"]).tolist(),
+            "image_sha1": image_sha1(iterator.arrays["image"])}
+  with open(path, "w") as f:
+    json.dump(record, f)
+  return record
+
+
+def generate(task, state, num_per_class: int, seed: int, chunk: int = 500):
+  """Balanced samples: (uint8 [C * num_per_class, H, W, ch], int32 labels)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  is_vae = hasattr(task, "decode_mean")
+  latent = task.model.latent_dim if is_vae else task.latent_dim
+  if is_vae:
+    fn = jax.jit(lambda z, y: task.decode_mean(state.params, z, y))
+  else:
+    fn = jax.jit(lambda z, y: task.sample(state, z, y))
+  labels = np.repeat(np.arange(task.num_classes), num_per_class).astype(np.int32)
+  key = jax.random.PRNGKey(seed)
+  images = []
+  for start in range(0, len(labels), chunk):
+    m = min(chunk, len(labels) - start)
+    z = jax.random.normal(jax.random.fold_in(key, start), (chunk, latent))
+    y = jnp.asarray(np.pad(labels[start:start + m], (0, chunk - m)))
+    images.append(np.asarray(fn(z, y))[:m])
+  images = np.clip(np.round(np.concatenate(images) * 255.0), 0, 255).astype(np.uint8)
+  return images, labels
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True,
+                      help="a conditional GAN or VAE config, configs/NAME.py[:arg]")
+  parser.add_argument("--k", type=int, required=True, help="examples per class")
+  parser.add_argument("--seed", type=int, required=True, help="which k-shot subset")
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--num_per_class", type=int, default=500)
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for item in rest:
+    if not item.startswith("--config."):
+      parser.error(f"unrecognised argument {item!r}; overrides look like --config.field=value")
+    overrides.append(item[2:])
+  if args.k < 1:
+    parser.error(f"--k must be >= 1, got {args.k}")
+  from research import config_lib, trainer  # pylint: disable=g-import-not-at-top
+  try:
+    config = config_lib.apply_overrides(config_lib.load(args.config), overrides + [
+        f"data.few_shot_k={args.k}", f"data.few_shot_seed={args.seed}",
+        f"seed={args.seed}"])
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if config.task not in ("gan", "vae") or not config.model.get("conditional", False):
+    print(f"error: {args.config} is a {config.task!r} config with conditional="
+          f"{config.model.get('conditional')}; expected a conditional 'gan' or 'vae'",
+          file=sys.stderr)
+    return 2
+  if config.data.get("synthetic", ""):
+    print(f"error: data.synthetic={config.data.synthetic!r}: a generator trains on "
+          f"real k-shot data only", file=sys.stderr)
+    return 2
+
+  from research import tasks  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  os.makedirs(args.out, exist_ok=True)
+  record = record_training_data(tasks.get_task(config.task, config), config,
+                                os.path.join(args.out, "training_data.json"))
+  workdir = os.path.join(args.out, "generator")
+  result = trainer.train_and_evaluate(config, workdir)
+  if result.get("preempted"):
+    print(f"preempted at step {result['step']}; rerun to resume", flush=True)
+    return 1
+  task, state = trainer.load_state(workdir, config)
+  images, labels = generate(task, state, args.num_per_class, args.seed + 7)
+  path = os.path.join(args.out, "samples.npz")
+  with open(path + ".tmp", "wb") as f:
+    np.savez(f, image=images, label=labels)
+  os.replace(path + ".tmp", path)
+  print(json.dumps({"samples": path, "num_samples": len(labels),
+                    "trained_on": len(record["image_sha1"]), "k": args.k,
+                    "seed": args.seed, "step": result.get("step")}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,123 @@
+"""The completion experiment: its sweep definition and the no-leakage rule.
+
+No-leakage: the generator behind a k-shot arm trains on exactly that arm's
+k-shot subset (same images as the classifier of the same (k, seed)) and on
+no other image, and every arm of a (k, seed) shares one generator.
+"""
+import collections
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from research import config_lib, data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "completion.py")
+
+
+def _module(path, name):
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+completion = _module(CONFIG, "_test_completion_config")
+
+
+def _flag(command, name):
+  return command[command.index(name) + 1]
+
+
+@pytest.mark.parametrize("variant, ks, seeds, ratios", [
+    ("quick", (10, 50), (0,), (0.5,)), ("full", (10, 50, 100), (0, 1, 2), (0.25, 0.5))])
+def test_sweep_grid_and_one_generator_per_subset(variant, ks, seeds, ratios):
+  runs = completion.get_sweep(variant)
+  base = completion.get_config(variant)
+  for r in runs:  # every override names a real field of the base config
+    config_lib.apply_overrides(base, {k: v for k, v in r.items() if not k.startswith("_")})
+  arms = ["base", "aug"] + [f"{pre}{g}@{r}" for g in ("vae", "gan") for r in ratios
+                            for pre in ("", "aug+")]
+  cells = collections.Counter((r["_arm"], r["data.few_shot_k"], r["seed"]) for r in runs)
+  assert set(cells) == {(a, k, s) for a in arms for k in ks for s in seeds}
+  assert set(cells.values()) == {1}
+  generators = {}
+  for r in runs:
+    assert r["data.few_shot_seed"] == r["seed"]
+    prereqs = completion.get_prerequisites(r)
+    if "vae" not in r["_arm"] and "gan" not in r["_arm"]:
+      assert prereqs == [] and "data.synthetic" not in r
+      continue
+    (p,) = prereqs
+    assert int(_flag(p["command"], "--k")) == r["data.few_shot_k"]
+    assert int(_flag(p["command"], "--seed")) == r["data.few_shot_seed"]
+    kind = "vae" if "vae" in r["_arm"] else "gan"
+    assert _flag(p["command"], "--config").endswith(completion.GENERATORS[kind])
+    generators.setdefault(p["name"], set()).add((r["data.few_shot_k"], r["seed"], kind))
+    assert r["data.synthetic"].startswith("{root}/" + p["name"] + "/")
+  # One generator per (kind, k, seed), shared by all its arms.
+  assert len(generators) == 2 * len(ks) * len(seeds)
+  assert all(len(v) == 1 for v in generators.values())
+
+
+def test_prerequisites_refuse_a_generator_of_another_subset():
+  run = {"_arm": "vae@0.5", "data.few_shot_k": 10, "seed": 1, "data.few_shot_seed": 1,
+         "data.synthetic": completion.synthetic_path("quick", "vae", 10, 0),
+         "data.synthetic_ratio": 0.5}
+  with pytest.raises(ValueError, match="another subset"):
+    completion.get_prerequisites(run)
+
+
+def test_config_uses_no_test_selection():
+  for variant in ("quick", "full"):
+    c = completion.get_config(variant)
+    assert c.best_metric == "" and c.eval_every == c.num_steps
+    assert c.data.eval_split == "test" and c.data.train_split == "train"
+
+
+def _sha1(images):
+  return [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
+
+
+def test_generator_trains_only_on_its_k_shot_subset(tmp_path):
+  sys.path.insert(0, os.path.join(REPO, "scripts"))
+  try:
+    complete = _module(os.path.join(REPO, "scripts", "complete.py"), "_complete")
+  finally:
+    sys.path.pop(0)
+  k, seed = 3, 1
+  out = tmp_path / "gen"
+  rc = complete.main(["--config", os.path.join(REPO, "configs", "mnist5k_cvae.py") + ":quick",
+                      "--k", str(k), "--seed", str(seed), "--out", str(out),
+                      "--num_per_class", "4", "--config.num_steps=2",
+                      "--config.eval_batch_size=1000", "--config.iwae_samples=0"])
+  assert rc == 0
+  record = json.load(open(out / "training_data.json"))
+  train = data.load("mnist5k", "train")
+  test = data.load("mnist5k", "test")
+  # The subset the classifier of the same (k, seed) trains on.
+  classifier = config_lib.apply_overrides(
+      completion.get_config("quick"), {"data.few_shot_k": k, "data.few_shot_seed": seed,
+                                       "seed": seed})
+  seen = data.load_train(classifier.data)
+  assert sorted(record["image_sha1"]) == sorted(_sha1(seen["image"]))
+  idx = data.few_shot_indices(train["label"], k, seed)
+  assert record["indices"] == idx.tolist()
+  assert sorted(record["image_sha1"]) == sorted(_sha1(train["image"][idx]))
+  # Exactly k per class, nothing from the test split, nothing from another subset.
+  np.testing.assert_array_equal(np.bincount(record["labels"], minlength=10), [k] * 10)
+  assert not set(record["image_sha1"]) & set(_sha1(test["image"]))
+  other = data.few_shot_indices(train["label"], k, seed + 1)
+  assert set(record["image_sha1"]) != set(_sha1(train["image"][other]))
+  samples = np.load(out / "samples.npz")
+  assert samples["image"].shape == (40, 28, 28, 1) and samples["image"].dtype == np.uint8
+  np.testing.assert_array_equal(np.bincount(samples["label"]), [4] * 10)
+  # The generator's own workdir says it trained on that subset.
+  saved = json.load(open(out / "generator" / "config.json"))
+  assert (saved["data"]["few_shot_k"], saved["data"]["few_shot_seed"]) == (k, seed)
+  assert saved["data"]["synthetic"] == ""
