@@ -54,7 +54,12 @@ def load_teacher(workdir: str, example_batch, rng):
     t_config = ml_collections.ConfigDict(json.load(f))
   t_config.init = ml_collections.ConfigDict({"checkpoint": ""})
   teacher = classify.ClassifyTask(t_config)
-  abstract = jax.eval_shape(lambda: teacher.init_state(rng, example_batch))
+  # A concrete sharding (one local device) so a checkpoint written on another
+  # device count (e.g. an 8-device run) restores here; pmap replicates it later.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+      jax.eval_shape(lambda: teacher.init_state(rng, example_batch)))
   mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                options=ocp.CheckpointManagerOptions(read_only=True))
   step = mngr.latest_step()
@@ -88,9 +93,12 @@ class DistillTask(classify.ClassifyTask):
   def init_state(self, rng, batch):
     student_rng, teacher_rng = jax.random.split(rng)
     variables = self.init_variables(student_rng, batch)
-    self.teacher_task, teacher_vars = load_teacher(
-        self.config.distill.teacher_workdir,
-        jax.tree.map(lambda x: np.asarray(x)[:1], dict(batch)), teacher_rng)
+    # Concrete even when traced (trainer.load_state calls init_state under
+    # jax.eval_shape): the teacher's weights are read from disk, not computed.
+    with jax.ensure_compile_time_eval():
+      self.teacher_task, teacher_vars = load_teacher(
+          self.config.distill.teacher_workdir,
+          jax.tree.map(lambda x: np.asarray(x)[:1], dict(batch)), teacher_rng)
     params = variables["params"]
     self.tx = optim.make(self.config.optimizer, params, self.config.num_steps)
     return DistillState(step=jnp.zeros((), jnp.int32), params=params,
