@@ -54,6 +54,21 @@ def record_training_data(task, config, path: str) -> dict:
   return record
 
 
+def generator_config(spec: str, k: int, seed: int, overrides=()):
+  """The generator's config: `spec` + overrides, trained on the (k, seed) subset only."""
+  from research import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.apply_overrides(config_lib.load(spec), list(overrides) + [
+      f"data.few_shot_k={k}", f"data.few_shot_seed={seed}", f"seed={seed}"])
+  if config.task not in ("gan", "vae") or not config.model.get("conditional", False):
+    raise ValueError(f"{spec} is a {config.task!r} config with conditional="
+                     f"{config.model.get('conditional')}; expected a conditional "
+                     f"'gan' or 'vae'")
+  if config.data.get("synthetic", ""):
+    raise ValueError(f"data.synthetic={config.data.synthetic!r}: a generator trains "
+                     f"on real k-shot data only")
+  return config
+
+
 def generate(task, state, num_per_class: int, seed: int, chunk: int = 500):
   """Balanced samples: (uint8 [C * num_per_class, H, W, ch], int32 labels)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -96,20 +111,9 @@ def main(argv=None) -> int:
     parser.error(f"--k must be >= 1, got {args.k}")
   from research import config_lib, trainer  # pylint: disable=g-import-not-at-top
   try:
-    config = config_lib.apply_overrides(config_lib.load(args.config), overrides + [
-        f"data.few_shot_k={args.k}", f"data.few_shot_seed={args.seed}",
-        f"seed={args.seed}"])
-  except config_lib.ConfigError as e:
+    config = generator_config(args.config, args.k, args.seed, overrides)
+  except (config_lib.ConfigError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
-  if config.task not in ("gan", "vae") or not config.model.get("conditional", False):
-    print(f"error: {args.config} is a {config.task!r} config with conditional="
-          f"{config.model.get('conditional')}; expected a conditional 'gan' or 'vae'",
-          file=sys.stderr)
-    return 2
-  if config.data.get("synthetic", ""):
-    print(f"error: data.synthetic={config.data.synthetic!r}: a generator trains on "
-          f"real k-shot data only", file=sys.stderr)
     return 2
 
   from research import tasks  # pylint: disable=g-import-not-at-top

@@ -9,7 +9,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -84,23 +83,14 @@ def _sha1(images):
   return [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
 
 
-def test_generator_trains_only_on_its_k_shot_subset(tmp_path):
-  sys.path.insert(0, os.path.join(REPO, "scripts"))
-  try:
-    complete = _module(os.path.join(REPO, "scripts", "complete.py"), "_complete")
-  finally:
-    sys.path.pop(0)
-  k, seed = 3, 1
-  out = tmp_path / "gen"
-  rc = complete.main(["--config", os.path.join(REPO, "configs", "mnist5k_cvae.py") + ":quick",
-                      "--k", str(k), "--seed", str(seed), "--out", str(out),
-                      "--num_per_class", "4", "--config.num_steps=2",
-                      "--config.eval_batch_size=1000", "--config.iwae_samples=0"])
-  assert rc == 0
-  record = json.load(open(out / "training_data.json"))
+def _complete_script():
+  return _module(os.path.join(REPO, "scripts", "complete.py"), "_complete")
+
+
+def _check_record(record, k, seed):
+  """The recorded generator training set is the classifier's (k, seed) subset, nothing else."""
   train = data.load("mnist5k", "train")
   test = data.load("mnist5k", "test")
-  # The subset the classifier of the same (k, seed) trains on.
   classifier = config_lib.apply_overrides(
       completion.get_config("quick"), {"data.few_shot_k": k, "data.few_shot_seed": seed,
                                        "seed": seed})
@@ -114,10 +104,50 @@ def test_generator_trains_only_on_its_k_shot_subset(tmp_path):
   assert not set(record["image_sha1"]) & set(_sha1(test["image"]))
   other = data.few_shot_indices(train["label"], k, seed + 1)
   assert set(record["image_sha1"]) != set(_sha1(train["image"][other]))
+
+
+@pytest.mark.parametrize("kind", ["vae", "gan"])
+def test_generator_training_set_is_the_arms_subset(tmp_path, kind):
+  """Fast: the data the generator's task iterates over (what the trainer feeds it)."""
+  from research import tasks
+  complete = _complete_script()
+  k, seed = 5, 2
+  run = {"_arm": f"{kind}@0.5", "data.few_shot_k": k, "seed": seed, "data.few_shot_seed": seed,
+         "data.synthetic": completion.synthetic_path("quick", kind, k, seed),
+         "data.synthetic_ratio": 0.5}
+  (p,) = completion.get_prerequisites(run)
+  cmd = p["command"]
+  overrides = [a[2:] for a in cmd if a.startswith("--config.")]
+  config = complete.generator_config(_flag(cmd, "--config"), int(_flag(cmd, "--k")),
+                                     int(_flag(cmd, "--seed")), overrides)
+  record = complete.record_training_data(tasks.get_task(config.task, config), config,
+                                         str(tmp_path / "training_data.json"))
+  assert json.load(open(tmp_path / "training_data.json")) == record
+  _check_record(record, k, seed)
+
+
+def test_generator_refuses_synthetic_training_data():
+  complete = _complete_script()
+  with pytest.raises(ValueError, match="real k-shot data only"):
+    complete.generator_config(os.path.join(REPO, "configs", "mnist5k_cvae.py"), 5, 0,
+                              ["data.synthetic=/x.npz"])
+
+
+@pytest.mark.slow
+def test_complete_script_end_to_end(tmp_path):
+  """Trains a tiny conditional VAE on a k-shot subset and writes balanced samples."""
+  complete = _complete_script()
+  k, seed = 3, 1
+  out = tmp_path / "gen"
+  rc = complete.main(["--config", os.path.join(REPO, "configs", "mnist5k_cvae.py") + ":quick",
+                      "--k", str(k), "--seed", str(seed), "--out", str(out),
+                      "--num_per_class", "4", "--config.num_steps=2",
+                      "--config.eval_batch_size=1000", "--config.iwae_samples=0"])
+  assert rc == 0
+  _check_record(json.load(open(out / "training_data.json")), k, seed)
   samples = np.load(out / "samples.npz")
   assert samples["image"].shape == (40, 28, 28, 1) and samples["image"].dtype == np.uint8
   np.testing.assert_array_equal(np.bincount(samples["label"]), [4] * 10)
-  # The generator's own workdir says it trained on that subset.
   saved = json.load(open(out / "generator" / "config.json"))
   assert (saved["data"]["few_shot_k"], saved["data"]["few_shot_seed"]) == (k, seed)
   assert saved["data"]["synthetic"] == ""
