@@ -8,6 +8,9 @@ of the timed steps is reported.
 
   python scripts/bench_efficientnet.py --configs=32x224,128x64 --repeats=5
 
+`--xla_depthwise` adds a Flax column with XLA's own grouped-conv kernel
+gradient (the model's `fast_depthwise_grad=False`), the slow path on CPU.
+
 Needs the `torch` extra (torch==2.13.0, efficientnet-lite-pytorch==0.1.0).
 `--forward_only` also times the inference forward pass, to see how the step
 time splits between forward and backward.
@@ -28,9 +31,10 @@ import optax
 from research.models import efficientnet_lite
 
 
-def flax_step_fn(batch, res, lr=0.01):
+def flax_step_fn(batch, res, lr=0.01, fast_depthwise_grad=True):
   """Returns (step(), forward()) closures over a jitted Flax train step."""
-  model = efficientnet_lite.EfficientNetLite0(num_classes=1000)
+  model = efficientnet_lite.EfficientNetLite0(
+      num_classes=1000, fast_depthwise_grad=fast_depthwise_grad)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch, res, res, 3)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 1000, size=batch))
@@ -89,7 +93,7 @@ def torch_step_fn(batch, res, lr=0.01):
     loss = loss_fn(model(x), y)
     loss.backward()
     opt.step()
-    float(loss)
+    float(loss.detach())
 
   def fwd():
     model.eval()
@@ -104,20 +108,24 @@ def timed(fn):
   return time.perf_counter() - t
 
 
-def bench(batch, res, warmup, repeats, forward_only):
+def bench(batch, res, warmup, repeats, forward_only, xla_depthwise):
   import torch  # pylint: disable=g-import-not-at-top
   fx_step, fx_fwd = flax_step_fn(batch, res)
-  pt_step, pt_fwd = torch_step_fn(batch, res)
+  steps = {"flax": fx_step, "torch": torch_step_fn(batch, res)[0]}
+  pt_fwd = torch_step_fn(batch, res)[1] if forward_only else None
+  if xla_depthwise:
+    steps["flax_xla_dw"] = flax_step_fn(batch, res,
+                                        fast_depthwise_grad=False)[0]
   t0 = time.perf_counter()
   fx_step()
   compile_s = time.perf_counter() - t0
   for _ in range(warmup):
-    fx_step()
-    pt_step()
-  times = {"flax": [], "torch": []}
-  for _ in range(repeats):  # interleaved so background load hits both alike
-    times["flax"].append(timed(fx_step))
-    times["torch"].append(timed(pt_step))
+    for step in steps.values():
+      step()
+  times = {k: [] for k in steps}
+  for _ in range(repeats):  # interleaved so background load hits all alike
+    for k, step in steps.items():
+      times[k].append(timed(step))
   row = {k: statistics.median(v) for k, v in times.items()}
   row["compile_s"] = compile_s
   if forward_only:
@@ -137,6 +145,9 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--forward_only", action="store_true",
                       help="also time the inference forward pass")
+  parser.add_argument("--xla_depthwise", action="store_true",
+                      help="also time Flax with XLA's own depthwise kernel "
+                      "gradient (fast_depthwise_grad=False)")
   args = parser.parse_args()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
@@ -144,16 +155,21 @@ def main():
             " Flax compile s |")
   if args.forward_only:
     header += " Flax fwd img/s | PyTorch fwd img/s |"
+  if args.xla_depthwise:
+    header += " Flax, XLA depthwise grad img/s |"
   print(header)
   print("|" + "---|" * (header.count("|") - 1))
   for config in args.configs.split(","):
     batch, res = (int(v) for v in config.split("x"))
-    r = bench(batch, res, args.warmup, args.repeats, args.forward_only)
+    r = bench(batch, res, args.warmup, args.repeats, args.forward_only,
+              args.xla_depthwise)
     line = (f"| {batch} x {res}x{res} | {batch / r['flax']:.1f} | "
             f"{batch / r['torch']:.1f} | {r['torch'] / r['flax']:.2f} | "
             f"{r['compile_s']:.1f} |")
     if args.forward_only:
       line += f" {batch / r['flax_fwd']:.1f} | {batch / r['torch_fwd']:.1f} |"
+    if args.xla_depthwise:
+      line += f" {batch / r['flax_xla_dw']:.2f} |"
     print(line, flush=True)
   print(f"load average after: {os.getloadavg()[0]:.2f}")
 
