@@ -1,5 +1,16 @@
-import time, jax, jax.numpy as jnp, numpy as np
+"""Times one depthwise conv layer: XLA forward / input grad / kernel grad vs
+the shifted-sum kernel gradient used by research.models.efficientnet_lite,
+and PyTorch's depthwise conv. 32 x 56 x 56 x 144, 3x3, stride 1.
+
+  python scripts/bench_depthwise_grad.py
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
 N,H,C,k=32,56,144,3
 x=jnp.asarray(np.random.default_rng(0).normal(size=(N,H,H,C)),jnp.float32)
 w=jnp.asarray(np.random.default_rng(1).normal(size=(k,k,1,C)),jnp.float32)
