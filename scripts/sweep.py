@@ -13,8 +13,15 @@ run failed, 2 on a bad override.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
+
+
+def _interrupt(signum, frame):
+  """SIGTERM -> KeyboardInterrupt, so the runner stops (and checkpoints) its runs."""
+  del frame
+  raise KeyboardInterrupt(f"received signal {signum}")
 
 
 def main(argv=None) -> int:
@@ -57,6 +64,7 @@ def main(argv=None) -> int:
   t0 = time.time()
   failed = []
   if not args.report_only:
+    signal.signal(signal.SIGTERM, _interrupt)
     jobs = sweep.run_sweep(args.config, runs, args.root, parallel=parallel,
                            extra_flags=sweep.progress_flags(args.config))
     failed = [j for j in jobs if j.state in ("failed", "blocked")]
