@@ -26,6 +26,7 @@ random ops `op(key, image)` built by the `*_op` factories; consecutive
 geometric ops fuse into one affine warp.
 """
 from research.augment.color import adjust_brightness
+from research.augment.color import adjust_color_batch
 from research.augment.color import adjust_contrast
 from research.augment.color import adjust_gamma
 from research.augment.color import adjust_hue

@@ -27,10 +27,16 @@ LUMA = (0.299, 0.587, 0.114)
 
 @dataclasses.dataclass(frozen=True)
 class PixelOp:
-  """A random per-image op `op(key, image) -> image` with a name."""
+  """A random per-image op `op(key, image) -> image` with a name.
+
+  `batch_fn(keys [N], images [N, H, W, C]) -> images`, when given, computes
+  exactly `jax.vmap(op)(keys, images)` in a form XLA compiles better on a
+  batch; `augment.build` uses it.
+  """
   name: str
   fn: Callable
   channels: tuple | None = None
+  batch_fn: Callable | None = None
 
   def __call__(self, key, image):
     _checks.check_image(self.name, image, self.channels)
@@ -69,6 +75,53 @@ def adjust_saturation(image, factor):
   _checks.check_in('saturation', 'factor', factor, 0.0, float('inf'))
   _checks.check_image('saturation', image, (3,))
   return _blend(image, _luma(image)[..., None], factor)
+
+
+def _channel_means(images):
+  """Per-image channel means: float32 [N, H, W, C] -> [N, C].
+
+  Rows are summed first, keeping W * C values side by side: XLA on the CPU
+  runs this ~50x faster than `mean(luma, axis=(1, 2))` under vmap.
+  """
+  n, h, w, c = images.shape
+  rows = jnp.sum(images.reshape(n, h, w * c), axis=1)
+  return jnp.sum(rows.reshape(n, w, c), axis=1) * (1.0 / (h * w))
+
+
+def adjust_color_batch(images, brightness=None, contrast=None,
+                       saturation=None):
+  """Brightness, then contrast, then saturation on a batch, in one pass.
+
+  Exactly `adjust_saturation(adjust_contrast(adjust_brightness(x, b), c), s)`
+  per image, with the clip to [0, 1] after every step (so this is NOT one
+  colour matrix: the intermediate clips change the result wherever a step
+  leaves [0, 1]). None skips a step.
+
+  Args:
+    images: float32 [N, H, W, 3] in [0, 1] ([N, H, W, 1] without saturation).
+    brightness, contrast, saturation: float32 [N] factors >= 0, or None.
+
+  Returns:
+    float32 [N, H, W, C] in [0, 1].
+  """
+  images = jnp.asarray(_checks.check_batch('adjust_color_batch', images))
+  c = images.shape[-1]
+  if c not in (1, 3) or (saturation is not None and c != 3):
+    raise ValueError(f'augment.adjust_color_batch: images must have 3 '
+                     f'channels (1 without saturation), got shape '
+                     f'{tuple(images.shape)}')
+  per_image = lambda v: jnp.asarray(v, jnp.float32)[:, None, None, None]
+  if brightness is not None:
+    images = jnp.clip(images * per_image(brightness), 0.0, 1.0)
+  if contrast is not None:
+    means = _channel_means(images)
+    mean = means[:, 0] if c == 1 else (means[:, 0] * LUMA[0] +
+                                        means[:, 1] * LUMA[1] +
+                                        means[:, 2] * LUMA[2])
+    images = _blend(images, per_image(mean), per_image(contrast))
+  if saturation is not None:
+    images = _blend(images, _luma(images)[..., None], per_image(saturation))
+  return images
 
 
 def rgb_to_hsv(image):
@@ -255,25 +308,40 @@ def _uniform(key, lo_hi):
   return jax.random.uniform(key, (), jnp.float32, lo_hi[0], lo_hi[1])
 
 
-def _factor_op(name, fn, strength, channels):
+def _factor_op(name, fn, strength, channels, batch_arg=None):
+  """Op drawing a factor ~ U[range] per image; `batch_arg` names its
+  keyword in `adjust_color_batch` (if it has one)."""
   rng = _checks.as_range(name, 'strength', strength, 1.0, 0.0, 1e6)
-  return PixelOp(name, lambda key, img: fn(img, _uniform(key, rng)),
-                 channels)
+  batch_fn = None
+  if batch_arg is not None:
+
+    def batch_fn(keys, images):
+      factors = jax.vmap(lambda k: _uniform(k, rng))(keys)
+      return adjust_color_batch(images, **{batch_arg: factors})
+
+  def apply(key, img):
+    return fn(img, apply.draw(key))
+
+  apply.draw = lambda key: _uniform(key, rng)
+  return PixelOp(name, apply, channels, batch_fn)
 
 
 def brightness_op(strength=0.4):
   """Brightness factor ~ U[max(0, 1 - s), 1 + s] (or a range)."""
-  return _factor_op('brightness', adjust_brightness, strength, None)
+  return _factor_op('brightness', adjust_brightness, strength, None,
+                    'brightness')
 
 
 def contrast_op(strength=0.4):
   """Contrast factor ~ U[max(0, 1 - s), 1 + s] (or a range)."""
-  return _factor_op('contrast', adjust_contrast, strength, (1, 3))
+  return _factor_op('contrast', adjust_contrast, strength, (1, 3),
+                    'contrast')
 
 
 def saturation_op(strength=0.4):
   """Saturation factor ~ U[max(0, 1 - s), 1 + s] (or a range)."""
-  return _factor_op('saturation', adjust_saturation, strength, (3,))
+  return _factor_op('saturation', adjust_saturation, strength, (3,),
+                    'saturation')
 
 
 def sharpness_op(strength=0.5):
@@ -295,7 +363,8 @@ def color_jitter_op(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0):
   """torchvision ColorJitter strengths, applied in the FIXED order
   brightness, contrast, saturation, hue (torchvision permutes the order per
   call; a fixed order keeps one compiled branch). Zero strengths are
-  skipped; every non-zero one is applied."""
+  skipped; every non-zero one is applied. On a batch (`augment.build`) the
+  first three run as one pass (`adjust_color_batch`), same result."""
   ops = []
   for name, value, make in (('brightness', brightness, brightness_op),
                             ('contrast', contrast, contrast_op),
@@ -310,8 +379,22 @@ def color_jitter_op(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0):
       img = op(k, img)
     return img
 
+  def batch_fn(keys, images):
+    # The same per-image keys and draws as `fn` under vmap.
+    op_keys = jax.vmap(lambda k: jax.random.split(k, max(len(ops), 1)))(keys)
+    factors = {}
+    for j, op in enumerate(ops):
+      if op.name == 'hue':
+        images = jax.vmap(op)(op_keys[:, j], images)
+      else:
+        factors[op.name] = jax.vmap(lambda k, op=op: op.fn.draw(k))(
+            op_keys[:, j])
+        if j + 1 == len(ops) or ops[j + 1].name == 'hue':
+          images = adjust_color_batch(images, **factors)
+    return images
+
   channels = (3,) if any(o.channels == (3,) for o in ops) else None
-  return PixelOp('color_jitter', fn, channels)
+  return PixelOp('color_jitter', fn, channels, batch_fn)
 
 
 def grayscale_op():

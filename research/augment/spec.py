@@ -141,8 +141,38 @@ def parse(spec) -> list:
                   f'got {type(spec).__name__}')
 
 
-def _batched_stage(stage):
-  """Per-image op -> batched fn(key, images [N, H, W, C]) -> images."""
+def _num_chunks(n: int, most: int = 16) -> int:
+  """The largest divisor of n that is <= most."""
+  return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
+
+
+def _warp_materialized(images, mats, out_shape, *mode):
+  """`warp_affine_batch` in chunks of the batch under `lax.scan`.
+
+  Same values as one call. XLA on the CPU fuses the cheap interpolation
+  arithmetic into every consumer, so a colour op that reads the 3 channels
+  of each pixel for each output value recomputes the warp 3 times (~2x the
+  time of the warp). A scan's outputs are always materialized, which costs
+  one store of the warped batch instead.
+  """
+  n = images.shape[0]
+  k = _num_chunks(n)
+  if k == 1:
+    return geo.warp_affine_batch(images, mats, out_shape, *mode)
+  xs = (images.reshape((k, n // k) + images.shape[1:]),
+        mats.reshape(k, n // k, 3, 3))
+  _, out = jax.lax.scan(
+      lambda c, x: (c, geo.warp_affine_batch(x[0], x[1], out_shape, *mode)),
+      0, xs)
+  return out.reshape((n,) + out.shape[2:])
+
+
+def _batched_stage(stage, last: bool = True):
+  """Per-image op -> batched fn(key, images [N, H, W, C]) -> images.
+
+  `last`: whether the stage ends the pipeline (a warp followed by other
+  stages is materialized, see `_warp_materialized`).
+  """
   if isinstance(stage, GeometricOp):
 
     def geometric(key, images):
@@ -154,16 +184,18 @@ def _batched_stage(stage):
         if not jnp.issubdtype(images.dtype, jnp.floating):
           images = to_float(images)
         return jax.vmap(geo.apply_flips)(mats, images)
-      return geo.warp_affine_batch(images, mats, out_shape,
-                                   stage.interpolation,
-                                   stage.border or 'edge',
-                                   stage.fill)
+      warp = geo.warp_affine_batch if last else _warp_materialized
+      return warp(images, mats, out_shape, stage.interpolation,
+                  stage.border or 'edge', stage.fill)
 
     geometric.accepts_uint8 = not stage.is_flip
     return geometric
 
   def pixel(key, images):
     keys = jax.random.split(key, images.shape[0])
+    if getattr(stage, 'batch_fn', None) is not None:
+      _checks.check_image(stage.name, images[0], stage.channels)
+      return stage.batch_fn(keys, images)
     return jax.vmap(stage)(keys, images)
 
   return pixel
@@ -192,7 +224,9 @@ def build(spec):
     [N, H', W', C] in [0, 1]. One key per call; per-image keys are split
     inside. Static shapes only, so it compiles once under jit.
   """
-  stages = [_batched_stage(s) for s in policies.fuse_geometric(parse(spec))]
+  fused = policies.fuse_geometric(parse(spec))
+  stages = [_batched_stage(s, i + 1 == len(fused)) for i, s in
+            enumerate(fused)]
 
   def augment(key, images):
     if jnp.ndim(images) != 4:

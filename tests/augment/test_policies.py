@@ -173,3 +173,16 @@ def test_diff_augment_translation_and_gradients():
   assert np.all(np.isfinite(g)) and np.abs(g).sum() > 0
   with pytest.raises(ValueError, match="unknown policy 'colour'"):
     A.diff_augment(jax.random.key(0), x, 'colour')
+
+
+def test_fused_color_pipeline_equals_per_image_ops():
+  # build() warps in chunks and runs colour jitter as one batched pass; the
+  # result must equal the per-image ops applied one after another.
+  spec = 'rotate(20)|color_jitter(0.4, 0.4, 0.4, 0.1)'
+  x = np.concatenate([BATCH, BATCH[:, ::-1]])  # 8 images
+  out = np.asarray(jax.jit(A.build(spec))(jax.random.key(4), x))
+  rot, jitter = A.parse(spec)
+  k_rot, k_jit = jax.random.split(jax.random.key(4))
+  ref = jax.vmap(lambda kr, kj, im: jitter(kj, rot(kr, im)))(
+      jax.random.split(k_rot, 8), jax.random.split(k_jit, 8), x)
+  np.testing.assert_allclose(out, ref, atol=1e-5)
