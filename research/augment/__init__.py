@@ -62,6 +62,8 @@ from research.augment.geometric import resize
 from research.augment.geometric import rotate
 from research.augment.geometric import warp_affine
 from research.augment.geometric import warp_affine_batch
+from research.augment.policies import batch_slice_ops
+from research.augment.policies import batch_slices
 from research.augment.policies import compose
 from research.augment.policies import one_of
 from research.augment.policies import rand_augment

@@ -11,6 +11,10 @@ that affordable, RandAugment / TrivialAugmentWide draw the geometric
 branch's matrix by selection (cheap) and warp ONCE per layer, so each layer
 costs one warp plus the pixel ops, and the op per image stays exactly
 uniform (no per-batch quotas).
+
+`sampling='batch_slices'` trades that independence for speed on a batch
+(`augment.build`): a random permutation splits the batch into one equal
+slice per op and each op runs on its slice only (see `batch_slices`).
 """
 from __future__ import annotations
 
@@ -172,6 +176,65 @@ def one_of(ops, weights=None):
   return PixelOp('one_of', fn)
 
 
+def _slots(key, n: int, num_ops: int):
+  """Slot of each image [n]: a uniform draw of n of the num_ops * q slots
+  without replacement (q = ceil(n / num_ops)); slot s belongs to op s // q."""
+  q = -(-n // num_ops)
+  return jax.random.permutation(key, num_ops * q)[:n], q
+
+
+def batch_slice_ops(key, n: int, num_ops: int):
+  """Which op each image gets under batch-slice sampling: int32 [n].
+
+  Each op owns q = ceil(n / num_ops) slots; the n images take n of the
+  num_ops * q slots uniformly at random without replacement (the rest are
+  padding, computed and dropped). So every image gets exactly one op, each
+  op with probability 1 / num_ops, and op k gets between q - (num_ops * q -
+  n) and q images per batch: exactly n / num_ops when num_ops divides n.
+  This is the assignment that `batch_slices(key, ...)` uses.
+  """
+  slots, q = _slots(key, n, num_ops)
+  return (slots // q).astype(jnp.int32)
+
+
+def batch_slices(key, images, ops):
+  """Applies one of `ops` to each image, assigned by `batch_slice_ops`.
+
+  Each op runs (vmapped) on its own slice of q = ceil(N / len(ops)) images
+  only, instead of every op on every image as a per-image choice under vmap
+  does: with 14 ops that is ~14x less work (plus < len(ops) padding
+  images). The cost: how many images get each op in a batch is nearly
+  fixed, so op choices within a batch are not independent.
+
+  Args:
+    key: PRNG key.
+    images: float32 [N, H, W, C] in [0, 1].
+    ops: per-image ops `op(key, image) -> image` keeping the image shape.
+
+  Returns:
+    float32 [N, H, W, C].
+  """
+  n, k = images.shape[0], len(ops)
+  slots, q = _slots(key, n, k)
+  # Image in each slot (padding slots repeat image 0; their output is
+  # dropped).
+  source = jnp.zeros(k * q, jnp.int32).at[slots].set(jnp.arange(n))
+  x = images[source]
+  keys = jax.random.split(jax.random.fold_in(key, 1), k * q)
+  outs = [jax.vmap(op)(keys[i * q:(i + 1) * q], x[i * q:(i + 1) * q])
+          for i, op in enumerate(ops)]
+  return jnp.concatenate(outs)[slots]
+
+
+def _check_sampling(op, sampling):
+  if sampling not in SAMPLINGS:
+    raise ValueError(f'augment.{op}: sampling must be one of '
+                     f'{list(SAMPLINGS)}, got {sampling!r}')
+
+
+SAMPLINGS = ('per_image', 'batch_slices')
+
+
 # --------------------------------------------------------------------------
 # RandAugment and TrivialAugmentWide (torchvision's op sets and magnitudes).
 
@@ -212,12 +275,6 @@ def _layer(key, image, op_index, bin_index, table):
       geo.affine_matrix((h, w), rotate=signed('rotate')),
   ]
   gi = op_index - 1  # geometric ops are AUTO_OPS[1:6]
-  is_geo = (gi >= 0) & (gi < len(mats))
-  m = jax.lax.switch(jnp.clip(gi, 0, len(mats) - 1),
-                     [lambda mm=mm: mm for mm in mats])
-  m = jnp.where(is_geo, m, eye)
-  warped = geo.warp_affine(image, m, None, 'nearest', 'constant', 0.0)
-  image = jnp.where(is_geo, warped, image)
   f = lambda k: 1.0 + signed(k)
   pixel = [
       lambda im: im,
@@ -230,18 +287,61 @@ def _layer(key, image, op_index, bin_index, table):
       color.autocontrast,
       color.equalize,
   ]
+  del k_pix
+  if isinstance(op_index, int):  # static (batch slices): build one op only
+    if 0 <= gi < len(mats):
+      return geo.warp_affine(image, mats[gi], None, 'nearest', 'constant',
+                             0.0)
+    return pixel[0 if op_index == 0 else op_index - len(mats)](image)
+  is_geo = (gi >= 0) & (gi < len(mats))
+  m = jax.lax.switch(jnp.clip(gi, 0, len(mats) - 1),
+                     [lambda mm=mm: mm for mm in mats])
+  m = jnp.where(is_geo, m, eye)
+  warped = geo.warp_affine(image, m, None, 'nearest', 'constant', 0.0)
+  image = jnp.where(is_geo, warped, image)
   pi = jnp.where(is_geo, 0, jnp.where(op_index == 0, 0,
                                       op_index - len(mats)))
-  del k_pix
   return jax.lax.switch(pi, pixel, image)
 
 
+def _auto_augment_op(op, layer_fn, num_layers, sampling):
+  """PixelOp running `num_layers` layers; layer_fn(key, image, i) applies
+  AUTO_OPS[i] (i traced for per-image sampling, static for slices)."""
+  _check_sampling(op, sampling)
+
+  def fn(key, image):
+    for k in jax.random.split(key, num_layers):
+      k1, k2 = jax.random.split(k)
+      i = jax.random.randint(k1, (), 0, len(AUTO_OPS))
+      image = layer_fn(k2, image, i)
+    return image
+
+  def batch_fn(keys, images):
+    # One key for the batch, derived from the per-image keys.
+    key = jax.random.fold_in(keys[0], images.shape[0])
+    per_op = [lambda k, im, i=i: layer_fn(k, im, i)
+              for i in range(len(AUTO_OPS))]
+    for k in jax.random.split(key, num_layers):
+      images = batch_slices(k, images, per_op)
+    return images
+
+  return PixelOp(op, fn, (3,),
+                 batch_fn if sampling == 'batch_slices' else None)
+
+
 def rand_augment(num_ops: int = 2, magnitude: int = 9,
-                 num_magnitude_bins: int = 31):
+                 num_magnitude_bins: int = 31, sampling: str = 'per_image'):
   """RandAugment (Cubuk et al. 2020) with torchvision's 14 ops and
   magnitudes: `num_ops` layers, each a uniformly chosen op at bin
   `magnitude`, sign random. Geometric ops use nearest resampling and fill 0;
-  shear is about the image centre. Needs RGB images."""
+  shear is about the image centre. Needs RGB images.
+
+  sampling: 'per_image' (each image draws its op independently; under vmap
+  every op runs on every image) or 'batch_slices' (on a batch via
+  `augment.build`, each layer splits the batch into equal random slices,
+  one per op; see `batch_slices` and the README). A single image
+  always samples per image.
+  """
   op = 'rand_augment'
   if not isinstance(num_ops, int) or num_ops < 0:
     raise ValueError(f'augment.{op}: num_ops must be an int >= 0, got '
@@ -254,30 +354,27 @@ def rand_augment(num_ops: int = 2, magnitude: int = 9,
     raise ValueError(f'augment.{op}: magnitude must be an int in [0, '
                      f'{num_magnitude_bins - 1}], got {magnitude!r}')
 
-  def fn(key, image):
+  def layer(key, image, i):
     table = _magnitudes(num_magnitude_bins, image.shape[1], wide=False)
-    for k in jax.random.split(key, num_ops):
-      k1, k2 = jax.random.split(k)
-      i = jax.random.randint(k1, (), 0, len(AUTO_OPS))
-      image = _layer(k2, image, i, magnitude, table)
-    return image
+    return _layer(key, image, i, magnitude, table)
 
-  return PixelOp(op, fn, (3,))
+  return _auto_augment_op(op, layer, num_ops, sampling)
 
 
-def trivial_augment_wide(num_magnitude_bins: int = 31):
+def trivial_augment_wide(num_magnitude_bins: int = 31,
+                         sampling: str = 'per_image'):
   """TrivialAugmentWide (Mueller & Hutter 2021): one uniformly chosen op at
-  a uniformly chosen magnitude bin, torchvision's wide magnitudes."""
+  a uniformly chosen magnitude bin, torchvision's wide magnitudes.
+  `sampling`: see `rand_augment`."""
   op = 'trivial_augment_wide'
   if not isinstance(num_magnitude_bins, int) or num_magnitude_bins < 2:
     raise ValueError(f'augment.{op}: num_magnitude_bins must be an int >= 2,'
                      f' got {num_magnitude_bins!r}')
 
-  def fn(key, image):
+  def layer(key, image, i):
     table = _magnitudes(num_magnitude_bins, image.shape[1], wide=True)
-    k1, k2, k3 = jax.random.split(key, 3)
-    i = jax.random.randint(k1, (), 0, len(AUTO_OPS))
-    b = jax.random.randint(k2, (), 0, num_magnitude_bins)
-    return _layer(k3, image, i, b, table)
+    k1, k2 = jax.random.split(key)
+    b = jax.random.randint(k1, (), 0, num_magnitude_bins)
+    return _layer(k2, image, i, b, table)
 
-  return PixelOp(op, fn, (3,))
+  return _auto_augment_op(op, layer, 1, sampling)

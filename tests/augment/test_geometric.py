@@ -99,9 +99,9 @@ def test_resize_upsampling_matches_pil():
 
 def test_random_resized_crop_box_semantics():
   h, w = 75, 113
-  boxes = np.array([np.asarray(geo.random_resized_crop_params(
-      jax.random.key(i), (h, w), (0.08, 1.0), (3 / 4, 4 / 3)))
-      for i in range(200)])
+  draw = jax.jit(jax.vmap(lambda k: jnp.stack(geo.random_resized_crop_params(
+      k, (h, w), (0.08, 1.0), (3 / 4, 4 / 3)))))
+  boxes = np.asarray(draw(jax.random.split(jax.random.key(0), 200)))
   top, left, bh, bw = boxes.T
   assert np.all(boxes == np.round(boxes))
   assert np.all((top >= 0) & (left >= 0) & (top + bh <= h) & (left + bw <= w))
@@ -138,8 +138,9 @@ def test_random_resized_crop_pixels_match_pil_crop_resize():
 def test_pad_crop_is_a_window_of_the_padded_image():
   img = _photos.to_float(_photos.astronaut(step=16))  # [32, 32, 3]
   padded = np.pad(img, ((4, 4), (4, 4), (0, 0)))
+  crop = jax.jit(lambda k: A.random_pad_crop(k, img, 4))
   for i in range(4):
-    out = np.asarray(A.random_pad_crop(jax.random.key(i), img, 4))
+    out = np.asarray(crop(jax.random.key(i)))
     hits = [(dy, dx) for dy in range(9) for dx in range(9)
             if np.array_equal(out, padded[dy:dy + 32, dx:dx + 32])]
     assert hits, 'output is not a 32x32 window of the zero-padded image'

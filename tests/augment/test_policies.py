@@ -186,3 +186,48 @@ def test_fused_color_pipeline_equals_per_image_ops():
   ref = jax.vmap(lambda kr, kj, im: jitter(kj, rot(kr, im)))(
       jax.random.split(k_rot, 8), jax.random.split(k_jit, 8), x)
   np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize('n,k', [(28, 14), (30, 4), (5, 14)])
+def test_batch_slices_one_op_per_image_and_shares(n, k):
+  # Op j adds 10 * j + 1, so the output names exactly one op per image
+  # (no op would leave 0; two ops would give a sum that is no 10 * j + 1).
+  images = jnp.asarray(np.random.default_rng(0).random((n, 4, 4, 3),
+                                                        np.float32))
+  ops = [lambda key, im, j=j: im + (10.0 * j + 1) for j in range(k)]
+  q = -(-n // k)  # documented: each op owns ceil(n / k) slots
+  apply = jax.jit(lambda key: A.batch_slices(key, images, ops) - images)
+  counts = []
+  for seed in range(40):
+    key = jax.random.key(seed)
+    delta = np.asarray(apply(key))
+    assert np.allclose(delta, delta[:, :1, :1, :1], atol=1e-4)
+    op = (delta[:, 0, 0, 0] - 1) / 10
+    np.testing.assert_allclose(op, np.round(op), atol=1e-4)
+    op = np.round(op).astype(int)
+    assert op.min() >= 0 and op.max() < k
+    np.testing.assert_array_equal(op, A.batch_slice_ops(key, n, k))
+    c = np.bincount(op, minlength=k)
+    assert c.sum() == n and c.max() <= q and c.min() >= q - (k * q - n)
+    counts.append(c)
+  if n % k == 0:
+    assert np.all(np.array(counts) == n // k)
+  # Each op has probability 1 / k per image.
+  share = np.array(counts).sum(0) / (40 * n)
+  assert np.abs(share - 1 / k).max() < 4 * np.sqrt((1 / k) / (40 * n))
+
+
+def test_sampling_must_be_known():
+  with pytest.raises(ValueError, match=r"augment.rand_augment: sampling must "
+                     r"be one of \['per_image', 'batch_slices'\], got 'x'"):
+    A.build('rand_augment(sampling="x")')
+
+
+@pytest.mark.slow  # compiles the 14 ops separately (~15-30 s)
+def test_auto_augment_batch_slices_pipeline():
+  x = np.concatenate([BATCH[:, ::4, ::4]] * 4)  # 16 images of 8x8
+  fn = jax.jit(A.build('trivial_augment_wide(sampling="batch_slices")'))
+  a, b = fn(jax.random.key(0), x), fn(jax.random.key(0), x)
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+  assert not np.array_equal(a, fn(jax.random.key(1), x))
