@@ -10,6 +10,10 @@ multipliers) are chosen by regular expressions over parameter paths through
   optimizer.grad_clip_norm (0 = off)
   optimizer.frozen: list of regexes; matching params get no update and no optimizer state
   optimizer.lr_mults: list of (regex, multiplier); first match wins, others x1
+
+Gradient clipping is global over the trainable parameters (frozen gradients
+are zeroed before the norm is taken), so learning-rate multiplier groups do
+not each get clipped on their own.
 """
 from __future__ import annotations
 
@@ -47,21 +51,31 @@ def _base(name: str, lr, cfg) -> optax.GradientTransformation:
   return optax.adam(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999))
 
 
-def make(cfg, params: Any, num_steps: int) -> optax.GradientTransformation:
-  """The optimizer `cfg` describes, for parameter tree `params` (used for the masks)."""
+def make(cfg, params: Any, num_steps: int, frozen: Sequence[str] | None = None,
+         lr_mults: Sequence[tuple[str, float]] | None = None) -> optax.GradientTransformation:
+  """The optimizer `cfg` describes, for parameter tree `params` (used for the masks).
+
+  `frozen` / `lr_mults`, when given, replace `cfg.frozen` / `cfg.lr_mults`
+  (a task that expands its own config fields, e.g. classify's
+  `optimizer.layer_decay` or `bn_mode`, passes the expanded lists).
+  """
+  frozen = tuple(cfg.get("frozen", ()) or ()) if frozen is None else tuple(frozen)
+  lr_mults = tuple(cfg.get("lr_mults", ()) or ()) if lr_mults is None else tuple(lr_mults)
   lr = schedule(cfg.lr, cfg.get("schedule", "cosine"), num_steps, cfg.get("warmup_steps", 0))
   parts = []
-  if cfg.get("grad_clip_norm", 0.0):
-    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
   wd = cfg.get("weight_decay", 0.0)
   if wd:
     pattern = cfg.get("wd_pattern", r".*kernel")
     P.check_patterns_match(pattern, params, "optimizer.wd_pattern")
     parts.append(optax.add_decayed_weights(wd, mask=P.match(pattern, params)))
   parts.append(_base(cfg.name, lr, cfg))
-  tx = optax.chain(*parts)
-  return partitioned(tx, params, frozen=cfg.get("frozen", ()) or (),
-                     lr_mults=cfg.get("lr_mults", ()) or ())
+  tx = partitioned(optax.chain(*parts), params, frozen=frozen, lr_mults=lr_mults)
+  if cfg.get("grad_clip_norm", 0.0):
+    clip = optax.clip_by_global_norm(cfg.grad_clip_norm)
+    if frozen:  # stateless: zero frozen gradients so they do not enter the norm
+      clip = optax.chain(optax.masked(optax.set_to_zero(), P.match(frozen, params)), clip)
+    tx = optax.chain(clip, tx)
+  return tx
 
 
 def partitioned(tx: optax.GradientTransformation, params: Any,

@@ -6,7 +6,15 @@ Config fields read here (beside the trainer's):
     repeating gray), input.normalize ('unit' = [0, 1], 'imagenet', 'centered')
   augment (spec string for research.augment, '' = none), mix ('none' | 'mixup' | 'cutmix'), mix_alpha
   label_smoothing, optimizer.* (research.optim)
+  optimizer.layer_decay (0 = off): layer-wise LR decay of an EfficientNet-Lite,
+    expanded into optimizer.lr_mults rules (research.transfer)
+  bn_mode: 'train' (batch statistics, running stats updated) | 'frozen_stats'
+    (running statistics used and kept; scale/bias trainable) | 'frozen'
+    (frozen_stats, and every BatchNorm's scale/bias added to optimizer.frozen)
   init.checkpoint / init.dont_load (pretrained weights, see research.transfer)
+
+With frozen parameters (optimizer.frozen or bn_mode='frozen') the train step
+differentiates only the trainable subset, so frozen layers cost no gradients.
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ from research.tasks import base
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _NORMALIZE = ("unit", "imagenet", "centered")
+_BN_MODES = ("train", "frozen_stats", "frozen")
 
 
 @flax.struct.dataclass
@@ -79,6 +88,10 @@ class ClassifyTask(base.Task):
       from research import augment  # pylint: disable=g-import-not-at-top
       self.augment = augment.build(spec)
     self.mix = config.get("mix", "none")
+    self.bn_mode = config.get("bn_mode", "train")
+    if self.bn_mode not in _BN_MODES:
+      raise ValueError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
+    self.frozen = ()  # regexes over param paths; set by init_state
 
   # ---- model plumbing shared with tasks that reuse a classifier ----
   def inputs(self, images):
@@ -97,20 +110,48 @@ class ClassifyTask(base.Task):
   def init_state(self, rng, batch):
     variables = self.init_variables(rng, batch)
     params = variables["params"]
-    self.tx = optim.make(self.config.optimizer, params, self.config.num_steps)
+    self.frozen, lr_mults = self.partitions(params, variables.get("batch_stats", {}))
+    self.tx = optim.make(self.config.optimizer, params, self.config.num_steps,
+                         frozen=self.frozen, lr_mults=lr_mults)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),
                       opt_state=self.tx.init(params))
+
+  def partitions(self, params, batch_stats):
+    """(frozen regexes, lr_mults rules) from optimizer.* and bn_mode."""
+    cfg = self.config.optimizer
+    frozen = tuple(cfg.get("frozen", ()) or ())
+    lr_mults = tuple(tuple(r) for r in (cfg.get("lr_mults", ()) or ()))
+    if self.bn_mode == "frozen" or cfg.get("layer_decay", 0.0):
+      from research import transfer  # pylint: disable=g-import-not-at-top
+      if self.bn_mode == "frozen":
+        frozen += tuple(transfer.batchnorm_affine_patterns(batch_stats))
+      if cfg.get("layer_decay", 0.0):
+        # Explicit lr_mults come first, so they win over the generated rules.
+        lr_mults += tuple(transfer.efficientnet_layer_decay_rules(params, cfg.layer_decay))
+    return frozen, lr_mults
 
   def apply(self, params, batch_stats, x, train, rng=None):
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats
+    if train and self.bn_mode != "train":
+      out = self.model.apply(variables, x, train=True, use_running_average=True,
+                             rngs={"dropout": rng})
+      return out, batch_stats
     if train:
       out, updates = self.model.apply(variables, x, train=True, rngs={"dropout": rng},
                                       mutable=["batch_stats"])
       return out, updates.get("batch_stats", batch_stats)
     return self.model.apply(variables, x, train=False), batch_stats
+
+  def split_merge(self):
+    """(params -> (trainable, frozen), (trainable, frozen) -> params) for self.frozen;
+    without frozen parameters everything is trainable and frozen is {}."""
+    if not self.frozen:
+      return (lambda p: (p, {})), (lambda t, f: t)
+    from research import transfer  # pylint: disable=g-import-not-at-top
+    return (lambda p: transfer.split_trainable(p, self.frozen)), transfer.merge
 
   # ---- per device ----
   def train_step(self, state, batch, rng):
@@ -127,15 +168,24 @@ class ClassifyTask(base.Task):
     if smoothing:
       targets = losses.smooth_labels(targets, smoothing)
 
-    def loss_fn(params):
-      logits, new_stats = self.apply(params, state.batch_stats, x, True, drop_rng)
+    split, merge = self.split_merge()
+
+    def loss_fn(trainable, frozen):
+      logits, new_stats = self.apply(merge(trainable, frozen), state.batch_stats, x, True,
+                                     drop_rng)
       loss = jnp.mean(losses.softmax_cross_entropy(logits, targets))
       return loss, (logits, new_stats)
 
-    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # Differentiate only the trainable leaves: no backward pass into frozen ones.
+    trainable, frozen = split(state.params)
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        trainable, frozen)
     grads = lax.pmean(grads, AXIS)
+    # The optimizer sees the full tree; its set_to_zero partition ignores these zeros.
+    grads = merge(grads, jax.tree.map(jnp.zeros_like, frozen))
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    # Frozen leaves are put back as they were (p + 0 would turn -0. into 0.).
+    params = merge(split(optax.apply_updates(state.params, updates))[0], frozen)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
     metrics_ = lax.pmean({"loss": loss, "accuracy": accuracy}, AXIS)
     return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,

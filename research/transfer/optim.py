@@ -1,14 +1,16 @@
-"""Optimizer partitions for transfer: freezing and layer-wise learning rates.
+"""What fine-tuning adds to the config-driven optimizer (`research.optim`).
 
-Everything is an optax partition chosen by regular expressions over parameter
-paths (`research.params`), not a special case in the model:
+The partitions themselves (frozen regexes -> `optax.set_to_zero()` with no
+state, `(regex, multiplier)` learning-rate rules) are built in one place,
+`research.optim.make` / `partitioned`. This module only produces their inputs
+and the matching train-step plumbing:
 
-  * frozen parameters (regexes) get `optax.set_to_zero()` inside
-    `optax.multi_transform`, so they receive no update AND hold no optimizer
-    state (no momentum/Adam buffers);
   * layer-wise learning-rate decay (LLRD, as in BEiT/ELECTRA fine-tuning):
     a parameter at depth d counted from the top gets lr * decay**d; for
-    EfficientNet the depth comes from the block index in the path;
+    EfficientNet the depth comes from the block index in the path
+    (`efficientnet_lr_multipliers`, turned into rules by `lr_mult_rules`);
+  * `batchnorm_affine_patterns`: the BatchNorm scale/bias to freeze for a
+    fully frozen BatchNorm;
   * `split_trainable`/`merge` let a train step differentiate only the
     trainable subtree, so frozen parameters cost no gradient computation
     (plain `optax.set_to_zero` alone still pays for their gradients).
@@ -16,14 +18,9 @@ paths (`research.params`), not a special case in the model:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
-
-import jax
-import optax
+from typing import Any, Callable, Iterable, Mapping
 
 from research import params as params_lib
-
-FROZEN = "frozen"
 
 
 def efficientnet_depth_from_top(name: str, num_blocks: int) -> int:
@@ -70,56 +67,45 @@ def efficientnet_lr_multipliers(params: Any, decay: float) -> Any:
       params, decay, lambda name: efficientnet_depth_from_top(name, n))
 
 
-def make_optimizer(
-    params: Any,
-    base_tx_factory: Callable[[optax.ScalarOrSchedule], optax.GradientTransformation],
-    learning_rate: optax.ScalarOrSchedule,
-    frozen: Sequence[str] = (),
-    lr_multipliers: Optional[Any] = None,
-) -> optax.GradientTransformation:
-  """An optimizer with frozen parameters and per-parameter learning rates.
+def lr_mult_rules(multipliers: Any) -> list[tuple[str, float]]:
+  """A multiplier tree -> `optimizer.lr_mults` rules [(regex, multiplier)].
 
-  Args:
-    params: the parameter tree (only its structure and names are used).
-    base_tx_factory: lr -> transformation, e.g.
-      `lambda lr: optax.sgd(lr, momentum=0.9)`; called once per distinct
-      multiplier with `learning_rate` scaled by it (schedules are wrapped).
-    learning_rate: a float or an optax schedule (step -> lr).
-    frozen: regexes (full match) over parameter paths, e.g.
-      ('stem_.*', 'block_[0-9]/.*'); a pattern matching nothing is an error.
-    lr_multipliers: None (all 1) or a tree like `params` of floats, e.g.
-      from `layerwise_lr_multipliers`.
-
-  Returns:
-    `optax.multi_transform` over labels FROZEN (-> set_to_zero, no state) and
-    'lr_x<multiplier>_<k>' (-> base_tx_factory(lr * multiplier)).
+  One rule per top-level module whose leaves share a multiplier
+  ('block_3/.*'), else one rule per leaf (its escaped path); multipliers of 1
+  need no rule. The rules reproduce the tree exactly under
+  `research.optim.partitioned` (first full match wins).
   """
-  frozen = [frozen] if isinstance(frozen, str) else list(frozen)
-  if frozen:
-    params_lib.check_patterns_match(frozen, params, "make_optimizer: frozen")
-  if lr_multipliers is None:
-    lr_multipliers = jax.tree.map(lambda _: 1.0, params)
-  is_frozen = params_lib.flatten(params_lib.match(frozen, params)) if frozen \
-      else {}
-  mults = params_lib.flatten(lr_multipliers)
-
-  labels_of = {}  # multiplier -> label
-
-  def label(name, _):
-    if is_frozen.get(name, False):
-      return FROZEN
-    m = float(mults[name])
-    return labels_of.setdefault(m, f"lr_x{m:g}_{len(labels_of)}")
-  labels = params_lib.tree_map_with_names(label, params)
-
-  transforms = {FROZEN: optax.set_to_zero()}
-  for m, name in labels_of.items():
-    if callable(learning_rate):
-      lr = (lambda m: lambda step: learning_rate(step) * m)(m)
+  by_module: dict[str, dict[str, float]] = {}
+  for name, m in params_lib.flatten(multipliers).items():
+    by_module.setdefault(name.split("/")[0], {})[name] = float(m)
+  rules = []
+  for module, leaves in by_module.items():
+    values = set(leaves.values())
+    if len(values) == 1:
+      m = values.pop()
+      if m != 1.0:
+        rules.append((re.escape(module) + "/.*", m))
     else:
-      lr = learning_rate * m
-    transforms[name] = base_tx_factory(lr)
-  return optax.multi_transform(transforms, labels)
+      rules += [(re.escape(name), m) for name, m in leaves.items() if m != 1.0]
+  return rules
+
+
+def efficientnet_layer_decay_rules(params: Any, decay: float
+                                   ) -> list[tuple[str, float]]:
+  """`optimizer.lr_mults` rules for layer-wise LR decay of an EfficientNet-Lite:
+  head x1, top_* x decay, block_{n-1} x decay**2, ..., stem x decay**(n+2)."""
+  return lr_mult_rules(efficientnet_lr_multipliers(params, decay))
+
+
+def batchnorm_affine_patterns(batch_stats: Any) -> list[str]:
+  """Regexes for the scale/bias params of every BatchNorm with running stats.
+
+  A module holds `batch_stats` exactly when it is a BatchNorm, so this needs no
+  naming convention: {'stem_bn': {'mean', 'var'}} -> ['stem_bn/(scale|bias)'].
+  """
+  modules = sorted({name.rsplit("/", 1)[0]
+                    for name in params_lib.flatten(batch_stats)})
+  return [re.escape(m) + "/(scale|bias)" for m in modules]
 
 
 def split_trainable(params: Mapping[str, Any], frozen: Iterable[str]

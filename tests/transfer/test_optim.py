@@ -1,10 +1,14 @@
-"""Freezing and layer-wise learning rates, checked against hand-written SGD."""
+"""Freezing and layer-wise learning rates (research.optim.partitioned fed by
+research.transfer.optim), checked against hand-written SGD."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from research import optim as config_optim
 from research.transfer import optim
 
 
@@ -30,8 +34,7 @@ def _grads(params, seed):
 def test_frozen_params_unchanged_and_stateless():
   params = _params()
   frozen = ("stem_.*", "block_0/.*")
-  tx = optim.make_optimizer(params, lambda lr: optax.sgd(lr, momentum=0.9),
-                            0.1, frozen=frozen)
+  tx = config_optim.partitioned(optax.sgd(0.1, momentum=0.9), params, frozen=frozen)
   state = tx.init(params)
   # Momentum buffers exist only for the 4 trainable leaves (of 8).
   trainable_leaves = 4
@@ -62,7 +65,11 @@ def test_layerwise_multipliers_match_hand_sgd():
               "stem_conv": 0.0625, "stem_bn": 0.0625}
   for k, m in expected.items():
     assert all(v == m for v in jax.tree.leaves(mults[k])), k
-  tx = optim.make_optimizer(params, optax.sgd, lr, lr_multipliers=mults)
+  rules = optim.lr_mult_rules(mults)
+  # One rule per top-level module; head (x1) needs none.
+  assert dict(rules) == {"top_conv/.*": 0.5, "block_1/.*": 0.25, "block_0/.*": 0.125,
+                         "stem_conv/.*": 0.0625, "stem_bn/.*": 0.0625}
+  tx = config_optim.partitioned(optax.sgd(lr), params, lr_mults=rules)
   state = tx.init(params)
   p = params
   p_ref = jax.tree.map(np.asarray, params)
@@ -83,8 +90,8 @@ def test_schedule_and_frozen_with_multipliers():
   params = _params()
   mults = optim.efficientnet_lr_multipliers(params, 0.5)
   sched = lambda step: 0.2 / (1.0 + step)
-  tx = optim.make_optimizer(params, optax.sgd, sched, frozen=("head/.*",),
-                            lr_multipliers=mults)
+  tx = config_optim.partitioned(optax.sgd(sched), params, frozen=("head/.*",),
+                                lr_mults=optim.lr_mult_rules(mults))
   state = tx.init(params)
   p = params
   want = np.asarray(params["top_conv"]["kernel"])
@@ -100,9 +107,27 @@ def test_schedule_and_frozen_with_multipliers():
 
 def test_bad_pattern_is_an_error():
   with pytest.raises(ValueError, match="blocks_0"):
-    optim.make_optimizer(_params(), optax.sgd, 0.1, frozen=("blocks_0/.*",))
+    config_optim.partitioned(optax.sgd(0.1), _params(), frozen=("blocks_0/.*",))
   with pytest.raises(ValueError, match="decay"):
     optim.layerwise_lr_multipliers(_params(), 1.5, lambda n: 0)
+
+
+def test_lr_mult_rules_per_leaf_when_a_module_mixes_multipliers():
+  params = _params()
+  mults = jax.tree.map(lambda _: 1.0, params)
+  mults["stem_bn"]["scale"] = 0.5
+  mults["head"]["bias"] = 2.0
+  rules = optim.lr_mult_rules(mults)
+  assert sorted(rules) == [("head/bias", 2.0), ("stem_bn/scale", 0.5)]
+
+
+def test_batchnorm_affine_patterns_follow_batch_stats():
+  stats = {"stem_bn": {"mean": 0, "var": 0}, "block_0": {"project_bn": {"mean": 0, "var": 0}}}
+  patterns = optim.batchnorm_affine_patterns(stats)
+  names = ["stem_bn/scale", "stem_bn/bias", "block_0/project_bn/scale", "block_0/project_conv/kernel",
+           "stem_conv/kernel"]
+  hit = [n for n in names if any(re.fullmatch(p, n) for p in patterns)]
+  assert hit == names[:3]
 
 
 def test_split_merge_and_grad_of_trainable_only():
