@@ -146,15 +146,37 @@ def time_peer(fn, x, repeats, budget_s):
   return float(np.median(times)), len(times)
 
 
+def bench_policies(args, rng):
+  """img/s of the auto-augment policies under both samplings."""
+  print('| shape | policy | sampling | img/s | repeats |')
+  print('| --- | --- | --- | ---: | ---: |')
+  for shape in args.shapes.split(','):
+    n, s = (int(v) for v in shape.split('x'))
+    x = jnp.asarray(rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8))
+    for policy in ('trivial_augment_wide()', 'rand_augment(2, 9)'):
+      for sampling in ('per_image', 'batch_slices'):
+        spec = policy.replace(')', f'{", " if "(" + ")" not in policy else ""}'
+                              f'sampling="{sampling}")')
+        fn = jax.jit(augment.build(spec))
+        med, reps = time_peer(fn, x, args.repeats, args.budget_s)
+        print(f'| {n}x{s}x3 | {policy} | {sampling} | {n / med:,.0f} | '
+              f'{reps} |', flush=True)
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--shapes', default='256x32,64x224')
   p.add_argument('--budget_s', type=float, default=10.0,
                  help='cap on timed seconds per peer and shape')
+  p.add_argument('--policies', action='store_true',
+                 help='time RandAugment / TrivialAugmentWide per_image vs '
+                      'batch_slices sampling instead of the peers')
   args = p.parse_args()
   rng = np.random.default_rng(0)
   print(f'jax {jax.__version__}, devices {jax.devices()}')
+  if args.policies:
+    return bench_policies(args, rng)
   rows = []
   for shape in args.shapes.split(','):
     n, s = (int(v) for v in shape.split('x'))
