@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from research import optim as config_optim
+from research import params as P
 from research.transfer import optim
 
 
@@ -153,3 +154,22 @@ def test_split_merge_and_grad_of_trainable_only():
   np.testing.assert_allclose(g["head"]["kernel"],
                              s * np.ones((16, 5)) * 2, rtol=1e-5)
   np.testing.assert_allclose(g["head"]["bias"], s * 2 * np.ones(5), rtol=1e-5)
+
+
+def test_config_optimizer_clips_the_global_norm_of_trainable_gradients():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  params = _params()
+  cfg = ml_collections.ConfigDict(dict(name="sgd", lr=0.5, schedule="constant",
+                                       grad_clip_norm=1.0, frozen=("stem_.*",),
+                                       lr_mults=(("head/.*", 2.0), ("block_0/.*", 0.25))))
+  tx = config_optim.make(cfg, params, num_steps=10)
+  g = jax.tree.map(lambda x: 10.0 * x, _grads(params, 30))
+  updates, _ = tx.update(g, tx.init(params), params)
+  flat_g = {k: np.asarray(v, np.float64) for k, v in P.flatten(g).items()}
+  # Hand: one norm over the trainable leaves (frozen stem excluded), then lr * multiplier.
+  norm = np.sqrt(sum(np.sum(v ** 2) for k, v in flat_g.items() if not k.startswith("stem_")))
+  assert norm > 1.0
+  mult = lambda k: 2.0 if k.startswith("head/") else 0.25 if k.startswith("block_0/") else 1.0
+  for k, u in P.flatten(updates).items():
+    want = 0.0 * flat_g[k] if k.startswith("stem_") else -0.5 * mult(k) * flat_g[k] / norm
+    np.testing.assert_allclose(u, want, rtol=1e-5, atol=1e-7, err_msg=k)
