@@ -12,6 +12,7 @@ _TASKS = {
     "vae": "research.tasks.vae:VAETask",
     "adapt": "research.tasks.adapt:AdaptTask",
     "distill": "research.tasks.distill:DistillTask",
+    "prune": "research.tasks.prune:PruneTask",
 }
 
 
