@@ -29,9 +29,11 @@ LUMA = (0.299, 0.587, 0.114)
 class PixelOp:
   """A random per-image op `op(key, image) -> image` with a name.
 
-  `batch_fn(keys [N], images [N, H, W, C]) -> images`, when given, computes
-  exactly `jax.vmap(op)(keys, images)` in a form XLA compiles better on a
-  batch; `augment.build` uses it.
+  `batch_fn(keys [N], images [N, H, W, C]) -> images`, when given, is the
+  form `augment.build` uses on a batch: the values of
+  `jax.vmap(op)(keys, images)` computed in a form XLA compiles better
+  (except auto-augment policies with sampling='batch_slices', which assign
+  their ops per batch instead of per image).
   """
   name: str
   fn: Callable
