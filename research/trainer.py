@@ -179,6 +179,10 @@ def load_state(workdir: str, config=None, step: int | None = None):
   it = task.train_data(ctx)
   example = jax.tree.map(lambda x: x[:max(1, len(x) // 8)], next(it))
   abstract = jax.eval_shape(lambda: task.init_state(jax.random.PRNGKey(config.seed), example))
+  # Restore onto one local device whatever device count the run was saved with.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          abstract)
   mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                options=ocp.CheckpointManagerOptions(read_only=True))
   step = mngr.latest_step() if step is None else step
