@@ -136,7 +136,7 @@ def test_integer_path_runs_int8_ops_and_matches_simulation():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(4, 16, 16, 3)).astype(np.float32)
   model = _Convs()
-  v = model.init(jax.random.key(0), x)
+  v = jax.jit(model.init)(jax.random.key(0), x)
   layers = quant.find_layers(model.apply, v, x)
   assert layers == ["Conv_0", "Conv_1", "Conv_2", "Conv_3", "Dense_0"]
   ranges = quant.calibrate(model.apply, v, [x[:2], x[2:]], "minmax")
@@ -145,7 +145,8 @@ def test_integer_path_runs_int8_ops_and_matches_simulation():
   jaxpr = str(jax.make_jaxpr(int_fn)(qv, x))
   assert jaxpr.count("preferred_element_type=int32") == 5
   got = np.asarray(jax.jit(int_fn)(qv, x))
-  sim = np.asarray(quant.fake_quant_apply(model.apply, layers, 8, ranges)(v, x))
+  sim = np.asarray(jax.jit(
+      quant.fake_quant_apply(model.apply, layers, 8, ranges))(v, x))
   np.testing.assert_allclose(got, sim, rtol=1e-4, atol=1e-4)
   ref = np.asarray(model.apply(v, x))
   assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
@@ -156,7 +157,7 @@ def test_calibration_minmax_and_percentile_of_first_layer_input():
   batches = [rng.normal(size=(4, 16, 16, 3)).astype(np.float32) * (i + 1)
              for i in range(3)]
   model = _Convs()
-  v = model.init(jax.random.key(0), batches[0])
+  v = jax.jit(model.init)(jax.random.key(0), batches[0])
   mm = quant.calibrate(model.apply, v, batches, "minmax")
   pc = quant.calibrate(model.apply, v, batches, "percentile", percentile=99.0)
   assert mm["Conv_0"] == pytest.approx(max(np.abs(b).max() for b in batches),
@@ -184,12 +185,13 @@ def test_qat_kernel_gradient_is_straight_through():
   np.testing.assert_allclose(grads["Dense_0"]["bias"], g_out.sum(0), rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+@pytest.mark.parametrize(
+    "name", ["small_cnn", pytest.param("resnet18", marks=pytest.mark.slow)])
 def test_ptq_on_registry_model(name):
   model = get_model(name, num_classes=10)
   rng = np.random.default_rng(6)
   x = rng.uniform(size=(4, 28, 28, 1)).astype(np.float32)
-  v = model.init(jax.random.key(0), x)
+  v = jax.jit(model.init)(jax.random.key(0), x)
   apply_fn = lambda var, im: model.apply(var, im, train=False)
   ranges = quant.calibrate(apply_fn, v, [x])
   qv = quant.quantize_variables(v, ranges, bits=8)
