@@ -5,6 +5,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research import data, parallel, trainer
 from research.config_lib import load
@@ -17,20 +18,31 @@ def _cgan_quick():
   return load(os.path.join(CONFIGS, "mnist5k_cgan.py") + ":quick")
 
 
+def _replicated(state, devices):
+  """The state placed as pmap returns it, so the first step compiles only once."""
+  mesh = Mesh(np.asarray(devices), (parallel.AXIS,))
+  return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+
+
 def _max_diff(a, b):
   return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def test_cgan_quick_trains_and_writes_a_sample_grid(tmp_path):
+  # One step and a 64-image eval: the run is dominated by XLA compiles
+  # (init, one train step, one eval step, the sample grid), which this keeps
+  # at one each; the multi-step paths are the slow tests below.
   config = _cgan_quick()
-  config.num_steps = 2
-  config.eval_every = 2
+  config.num_steps = 1
+  config.eval_every = 1
+  config.data.eval_split = "test[:64]"
+  config.eval_batch_size = 64
   result = trainer.train_and_evaluate(config, str(tmp_path))
-  assert result["step"] == 2
+  assert result["step"] == 1
   assert np.isfinite(result["d_real"]) and np.isfinite(result["d_fake"])
   from PIL import Image
-  grid = Image.open(tmp_path / "samples" / "step_0000002.png")
+  grid = Image.open(tmp_path / "samples" / "step_0000001.png")
   # 10 x 10 cells of 28 px with 2 px padding, upscaled x2.
   assert grid.size == (2 * (10 * 30 + 2),) * 2
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
@@ -52,7 +64,7 @@ def _train_gan(num_devices, steps=3, global_batch=16):
                           {"image": images[0, :2], "label": labels[0, :2]})
   dp = parallel.DataParallel(task.train_step, task.eval_step, mode="pmap",
                              devices=jax.local_devices()[:num_devices])
-  state = dp.put_state(state)
+  state = _replicated(dp.put_state(state), jax.local_devices()[:num_devices])
   for s in range(steps):
     batch = parallel.shard({"image": images[s], "label": labels[s]}, num_devices)
     state, metrics = dp.train_step(state, dp.put_batch(batch), jax.random.PRNGKey(1),
