@@ -35,6 +35,6 @@ def tiny_classify_config(**overrides):
   return c
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config():
   return tiny_classify_config

@@ -39,8 +39,8 @@ def _distill_config(teacher_workdir, **overrides):
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  from conftest import tiny_classify_config  # pylint: disable=g-import-not-at-top
+def teacher_dir(tmp_path_factory, tiny_config):
+  tiny_classify_config = tiny_config
   workdir = tmp_path_factory.mktemp("teacher")
   # Width 6 so a student (width 4) and the teacher cannot be confused by shape.
   trainer.train_and_evaluate(tiny_classify_config(**{"model.width": 6, "num_steps": 10,
