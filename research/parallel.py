@@ -130,9 +130,14 @@ class DataParallel:
         self.eval_step = None
 
   def put_state(self, state: Any) -> Any:
-    """Places the state for this engine (replicated across the mesh for shard_map)."""
+    """Places the state replicated over the devices, as the step returns it.
+
+    For pmap this matches the placement of the step's own output, so the
+    second call does not compile the step again.
+    """
     if self.mode == "pmap":
-      return state
+      local = NamedSharding(Mesh(np.asarray(self.devices or jax.local_devices()), (AXIS,)), P())
+      return jax.device_put(state, local)
     if jax.process_count() == 1:
       return jax.device_put(state, self._replicated)
     return jax.tree.map(
