@@ -10,29 +10,12 @@ import pytest  # noqa: E402
 
 def tiny_classify_config(**overrides):
   """mnist5k classification small enough for a test: ~1 s per 10 steps on the CPU."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "mnist5k_classify", os.path.join(os.path.dirname(__file__), "..", "configs",
-                                       "mnist5k_classify.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("quick")
-  c.model.width = 4
-  c.batch_size = 32
-  c.eval_batch_size = 1000
-  c.num_steps = 20
-  c.eval_every = 10
-  c.checkpoint_every = 10
-  c.log_every = 5
-  c.optimizer.warmup_steps = 0
-  c.progress = False
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  from research import config_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "mnist5k_classify.py")
+  tiny = {"model.width": 4, "batch_size": 32, "eval_batch_size": 1000, "num_steps": 20,
+          "eval_every": 10, "checkpoint_every": 10, "log_every": 5,
+          "optimizer.warmup_steps": 0, "progress": False}
+  return config_lib.apply_overrides(config_lib.load(path + ":quick"), {**tiny, **overrides})
 
 
 @pytest.fixture(scope="session")

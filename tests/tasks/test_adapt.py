@@ -1,5 +1,4 @@
 """AdaptTask on the shared trainer: two streams, every method, target labels unused."""
-import importlib.util
 import json
 import os
 
@@ -8,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research import trainer
+from research import config_lib, trainer
 from research.parallel import AXIS
 from research.tasks.adapt import METHODS, AdaptTask
 from research.tasks.base import DataContext
@@ -17,27 +16,10 @@ _CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "digits
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location("_digits_adapt", _CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("quick")
-  c.model.width = 4
-  c.adapt.disc_hidden = 16
-  c.batch_size = 16
-  c.eval_batch_size = 800
-  c.num_steps = 4
-  c.eval_every = 4
-  c.checkpoint_every = 4
-  c.log_every = 2
-  c.optimizer.warmup_steps = 0
-  c.progress = False
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  tiny = {"model.width": 4, "adapt.disc_hidden": 16, "batch_size": 16, "eval_batch_size": 800,
+          "num_steps": 4, "eval_every": 4, "checkpoint_every": 4, "log_every": 2,
+          "optimizer.warmup_steps": 0, "progress": False}
+  return config_lib.apply_overrides(config_lib.load(_CONFIG + ":quick"), {**tiny, **overrides})
 
 
 @pytest.mark.parametrize("method", METHODS)

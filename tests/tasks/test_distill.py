@@ -1,5 +1,4 @@
 """DistillTask on the shared trainer: a teacher run, then a student against it."""
-import importlib.util
 import json
 import os
 
@@ -8,34 +7,18 @@ import numpy as np
 import pytest
 
 from research import params as P
-from research import trainer
+from research import config_lib, trainer
 from research.tasks.distill import DistillTask
 
 _CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mnist5k_distill.py")
 
 
 def _distill_config(teacher_workdir, **overrides):
-  spec = importlib.util.spec_from_file_location("_mnist5k_distill", _CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("quick")
-  c.model.width = 4
-  c.batch_size = 32
-  c.eval_batch_size = 1000
-  c.num_steps = 10
-  c.eval_every = 10
-  c.checkpoint_every = 10
-  c.log_every = 5
-  c.optimizer.warmup_steps = 0
-  c.progress = False
-  c.distill.teacher_workdir = str(teacher_workdir)
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  tiny = {"model.width": 4, "batch_size": 32, "eval_batch_size": 1000, "num_steps": 10,
+          "eval_every": 10, "checkpoint_every": 10, "log_every": 5,
+          "optimizer.warmup_steps": 0, "progress": False,
+          "distill.teacher_workdir": str(teacher_workdir)}
+  return config_lib.apply_overrides(config_lib.load(_CONFIG + ":quick"), {**tiny, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +109,7 @@ def test_bad_distill_settings_name_the_value(tmp_path):
 
 
 def test_config_rejects_unknown_variants():
-  spec = importlib.util.spec_from_file_location("_mnist5k_distill", _CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   with pytest.raises(ValueError, match=r"unknown variant\(s\) \['quik'\]"):
-    module.get_config("quik")
-  c = module.get_config()
+    config_lib.load(_CONFIG + ":quik")
+  c = config_lib.load(_CONFIG)
   assert (c.task, c.model.width, c.distill.temperature) == ("distill", 8, 4.0)
