@@ -59,11 +59,16 @@ def _read_all(source) -> dict[str, np.ndarray]:
 
 
 def _offline_source(name: str, split: str, data_dir: str):
-  builder = builders.OFFLINE_BUILDERS[name](data_dir=data_dir, file_format="array_record")
-  # Concurrent runs (a sweep, two hosts) may prepare the same dataset at once.
+  make = lambda: builders.OFFLINE_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+  # Concurrent runs (a sweep, pytest-xdist workers, two hosts) may prepare the
+  # same dataset at once. A builder reads dataset_info.json when it is
+  # constructed, so one made before another process finished preparing has
+  # empty splits: construct it under the lock, and again once it is prepared.
   with _file_lock(os.path.join(data_dir, f".{name}.lock")):
+    builder = make()
     if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
       builder.download_and_prepare()
+    builder = make()
   return builder.as_data_source(split=split)
 
 

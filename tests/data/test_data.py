@@ -131,3 +131,17 @@ def test_unknown_dataset_lists_the_valid_ones():
 def test_unprepared_dataset_says_how_to_prepare_it(tmp_path):
   with pytest.raises(data.DatasetNotPreparedError, match=r"not prepared in .*`tfds build cifar10"):
     data.load("cifar10", "train", data_dir=str(tmp_path))
+
+
+def test_processes_preparing_the_same_dataset_at_once_all_read_it(tmp_path):
+  # Regression: a builder constructed before another process finished
+  # preparing had empty splits ("splits is empty") under pytest-xdist.
+  import subprocess
+  import sys
+  code = ("import sys; from research import data; "
+          "a = data.load('uci_digits', 'train', data_dir=sys.argv[1]); "
+          "assert len(a['label']) > 1000, len(a['label'])")
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
+                            stderr=subprocess.PIPE, text=True) for _ in range(4)]
+  errors = [p.communicate(timeout=300)[1] for p in procs]
+  assert all(p.returncode == 0 for p in procs), "\n".join(errors)
