@@ -3,27 +3,34 @@
   python scripts/sweep.py --config configs/completion.py:quick --root runs/completion_quick
   python scripts/sweep.py --config configs/completion.py:full --root runs/completion
 
-Every arm trains the same classifier (small CNN, gray replicated to 3
-channels so the RGB augmentation policies apply) for the same fixed number
-of steps and reports the final checkpoint's test metrics: no test image is
-used for training or for choosing anything (no best-checkpoint selection,
-no early stopping).
+Every arm trains for the same fixed number of steps and batch size and
+reports the final checkpoint's test metrics: no test image is used for
+training or for choosing anything (no best-checkpoint selection, no early
+stopping). Of the k labelled images per class, val_per_class(k) = max(1,
+k // 5) are held out for validation (data.few_shot_val) in EVERY arm: the
+classifiers and the generators train on the other k - val_per_class, and the
+'best (val)' row picks, for each (k, seed), the arm with the highest
+validation accuracy and reports that arm's test accuracy.
 
 Arms (the '_arm' label of each run):
-  base          real k-shot data only
+  base          real k-shot data only (small CNN, gray replicated to 3
+                channels so the RGB augmentation policies apply)
   aug           + TrivialAugmentWide (parameter-free, chosen a priori)
   vae@r, gan@r  + samples of a class-conditional VAE / SNGAN trained on the
-                same k-shot subset only (scripts/complete.py, once per (k,
-                seed), shared by every arm that uses it), mixed into each
+                same k-shot training images only (scripts/complete.py, once per
+                (k, seed), shared by every arm that uses it), mixed into each
                 batch at ratio r
-  aug+vae@r, aug+gan@r   augmentation and completion together (full only)
-Not included: + transfer (EfficientNet-Lite0 fine-tuned), because the
-classify task's init.checkpoint path calls research.transfer.load_pretrained,
-which research/transfer does not provide yet.
+  transfer      ImageNet-pretrained EfficientNet-Lite0 fine-tuned (all
+                layers, new head, 32x32 input, ImageNet normalization; recipe
+                of configs/mnist5k_finetune.py), same steps and batch
+  aug+vae@r, aug+gan@r, aug+transfer   combinations (full only)
+  best (val)    added by the sweep report: per (k, seed) the arm chosen on
+                the validation split (see sweep_options)
 
-Variants: quick (k = 10, 50; seed 0; r = 0.5; no combined arms; short
-budgets: about ten minutes on a loaded 2-core CPU), full (k = 10, 50, 100; seeds 0, 1, 2; r = 0.25, 0.5). The seed
-picks both the k-shot subset and the training randomness.
+Variants: quick (k = 10, 50; seed 0; r = 0.5; no combined arms, no
+transfer; short budgets: a few minutes on a 2-core CPU), full (k = 10, 50,
+100; seeds 0, 1, 2; r = 0.25, 0.5; every arm). The seed picks the k-shot
+subset, its validation split and the training randomness.
 """
 import importlib.util
 import os
@@ -54,6 +61,20 @@ def _load(name):
   return module
 
 
+def val_per_class(k: int) -> int:
+  """Validation images per class held out of the k-shot set (20%, at least 1)."""
+  return max(1, k // 5)
+
+
+TRANSFER = {
+    "model": {"name": "efficientnet_lite0", "num_classes": 10, "dropout_rate": 0.2,
+              "drop_connect_rate": 0.2, "bn_momentum": 0.9},
+    "input.size": 32, "input.normalize": "imagenet",
+    "init.checkpoint": "efficientnet_lite0", "init.dont_load": ("head/.*",),
+    "optimizer.lr": 1e-3,
+}
+
+
 def get_config(arg: str = ""):
   """The classifier every arm trains (arm differences are sweep overrides)."""
   variant = _variant(arg)
@@ -62,12 +83,14 @@ def get_config(arg: str = ""):
   c.input.channels = 3
   c.model.width = 32
   c.batch_size = 64
-  c.num_steps = 1000 if variant == "full" else 150
+  c.data.few_shot_val = val_per_class(c.data.few_shot_k)
+  c.num_steps = 500 if variant == "full" else 150
   c.optimizer.warmup_steps = c.num_steps // 10
   c.eval_every = c.num_steps        # evaluate once, at the end
   c.checkpoint_every = max(c.num_steps // 4, 1)
   c.log_every = min(50, c.num_steps)
   c.best_metric = ""                # no checkpoint selection on test metrics
+  c.init = ml_collections.ConfigDict(dict(checkpoint="", dont_load=()))
   c.progress = False
   return c
 
@@ -101,9 +124,10 @@ def synthetic_path(variant: str, kind: str, k: int, seed: int) -> str:
 def get_sweep(arg: str = ""):
   """One override dict per run: arms x k x seeds (see module doc)."""
   variant = _variant(arg)
-  ks = (10, 50, 100) if variant == "full" else (10, 50)
-  seeds = (0, 1, 2) if variant == "full" else (0,)
-  ratios = (0.25, 0.5) if variant == "full" else (0.5,)
+  full = variant == "full"
+  ks = (10, 50, 100) if full else (10, 50)
+  seeds = (0, 1, 2) if full else (0,)
+  ratios = (0.25, 0.5) if full else (0.5,)
   runs = []
   for k in ks:
     for seed in seeds:
@@ -112,11 +136,14 @@ def get_sweep(arg: str = ""):
         for r in ratios:
           mix = {"data.synthetic": synthetic_path(variant, kind, k, seed), "data.synthetic_ratio": r}
           arms.append((f"{kind}@{r}", mix))
-          if variant == "full":
+          if full:
             arms.append((f"aug+{kind}@{r}", {"augment": AUGMENT, **mix}))
+      if full:
+        arms += [("transfer", TRANSFER), ("aug+transfer", {"augment": AUGMENT, **TRANSFER})]
       for arm, extra in arms:
         runs.append({"_arm": arm, "data.few_shot_k": k, "seed": seed,
-                     "data.few_shot_seed": seed, **extra})
+                     "data.few_shot_seed": seed, "data.few_shot_val": val_per_class(k),
+                     **extra})
   return runs
 
 
@@ -131,6 +158,10 @@ def get_prerequisites(overrides):
                      f"generator path like {synthetic_path('quick', 'vae', 10, 0)!r}")
   variant, kind = match.group(1), match.group(2)
   k, seed = int(match.group(3)), int(match.group(4))
+  if overrides.get("data.few_shot_val", 0) != val_per_class(k):
+    raise ValueError(f"configs/completion.py: data.few_shot_val="
+                     f"{overrides.get('data.few_shot_val', 0)} but the generators hold "
+                     f"out val_per_class({k}) = {val_per_class(k)}")
   if (k, seed) != (overrides["data.few_shot_k"], overrides["data.few_shot_seed"]):
     raise ValueError(f"configs/completion.py: run with data.few_shot_k="
                      f"{overrides['data.few_shot_k']}, data.few_shot_seed="
@@ -141,7 +172,8 @@ def get_prerequisites(overrides):
                         "--config", os.path.join(_HERE, GENERATORS[kind]),
                         "--k", str(k), "--seed", str(seed), "--out", "{dir}",
                         "--num_per_class", "500"]
-               + generator_overrides(kind, variant),
+               + generator_overrides(kind, variant)
+               + [f"--config.data.few_shot_val={val_per_class(k)}"],
                output="{dir}/samples.npz")]
 
 
@@ -149,5 +181,9 @@ def sweep_options(arg: str = ""):
   """Defaults for scripts/sweep.py (its flags override them)."""
   del arg
   return dict(seed_axis="seed", group_by=["_arm", "data.few_shot_k"],
-              metrics=["accuracy", "f1"], plot_metric="accuracy",
-              x_axis="data.few_shot_k", parallel=2)
+              metrics=["accuracy", "f1", "val_accuracy"], plot_metric="accuracy",
+              x_axis="data.few_shot_k", parallel=2,
+              # Per (k, seed), the arm a researcher would pick without test data.
+              select=dict(label="best (val)", axis="_arm",
+                          within=["data.few_shot_k", "seed"],
+                          by=[["val_accuracy", "max"], ["val_loss", "min"]]))

@@ -10,6 +10,8 @@ resnet18 (CIFAR ResNet-18 with BatchNorm), augment (on-device augmentation).
 """
 import ml_collections
 
+from research import config_lib
+
 
 def get_config(arg: str = ""):
   args = set(filter(None, arg.split(",")))
@@ -20,9 +22,7 @@ def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
   c.task = "classify"
   c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(
-      name="mnist5k", train_split="train", eval_split="test", data_dir="",
-      image_size=0, few_shot_k=0, few_shot_seed=0, synthetic="", synthetic_ratio=0.0))
+  c.data = config_lib.data_config("mnist5k")
   c.input = ml_collections.ConfigDict(dict(size=0, channels=0, normalize="unit"))
   c.model = ml_collections.ConfigDict(dict(name="small_cnn", num_classes=10, width=32, dropout=0.3))
   c.augment = ""

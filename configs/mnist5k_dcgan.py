@@ -7,15 +7,15 @@ Variants: quick (a few steps, tiny widths: a smoke test).
 """
 import ml_collections
 
+from research import config_lib
+
 
 def gan_base() -> ml_collections.ConfigDict:
   """Fields shared by the mnist5k GAN configs."""
   c = ml_collections.ConfigDict()
   c.task = "gan"
   c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(
-      name="mnist5k", train_split="train", eval_split="test", data_dir="",
-      image_size=0, few_shot_k=0, few_shot_seed=0, synthetic="", synthetic_ratio=0.0))
+  c.data = config_lib.data_config("mnist5k")
   c.model = ml_collections.ConfigDict(dict(
       image_size=28, channels=1, latent_dim=64, num_classes=10, conditional=False,
       generator=dict(width=64, conditioning="cbn"),

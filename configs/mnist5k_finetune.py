@@ -30,6 +30,8 @@ eval-mode network sees statistics of a different input distribution.
 """
 import ml_collections
 
+from research import config_lib
+
 _VARIANTS = ("full", "linear_probe", "partial", "llrd", "scratch", "fewshot", "quick",
              "res64")
 
@@ -43,9 +45,7 @@ def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
   c.task = "classify"
   c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(
-      name="mnist5k", train_split="train", eval_split="test", data_dir="",
-      image_size=0, few_shot_k=0, few_shot_seed=0, synthetic="", synthetic_ratio=0.0))
+  c.data = config_lib.data_config("mnist5k")
   c.input = ml_collections.ConfigDict(dict(size=32, channels=3, normalize="imagenet"))
   c.model = ml_collections.ConfigDict(dict(
       name="efficientnet_lite0", num_classes=10, dropout_rate=0.2, drop_connect_rate=0.2,

@@ -10,6 +10,8 @@ gaussian (fixed-variance Gaussian), iwae1000 (eval bound with k = 1000).
 """
 import ml_collections
 
+from research import config_lib
+
 _VARIANTS = {"quick", "logistic", "gaussian", "iwae1000"}
 
 
@@ -18,9 +20,7 @@ def vae_base(args) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "vae"
   c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(
-      name="mnist5k", train_split="train", eval_split="test", data_dir="",
-      image_size=0, few_shot_k=0, few_shot_seed=0, synthetic="", synthetic_ratio=0.0))
+  c.data = config_lib.data_config("mnist5k")
   c.model = ml_collections.ConfigDict(dict(
       image_size=28, channels=1, latent_dim=16, width=32, hidden=256,
       num_classes=10, conditional=False, likelihood="bernoulli"))

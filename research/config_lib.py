@@ -18,6 +18,17 @@ class ConfigError(ValueError):
   pass
 
 
+def data_config(name: str = "mnist5k", **fields: Any) -> ml_collections.ConfigDict:
+  """The `data` block every task reads, with every field present so that any
+  of them can be overridden (field meanings: research/data/__init__.py)."""
+  c = ml_collections.ConfigDict(dict(
+      name=name, train_split="train", eval_split="test", data_dir="", image_size=0,
+      few_shot_k=0, few_shot_seed=0, few_shot_val=0, synthetic="", synthetic_ratio=0.0))
+  for field, value in fields.items():
+    override(c, field, value)
+  return c
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads 'configs/x.py' or 'configs/x.py:arg' by calling its get_config(arg)."""
   path, _, arg = spec.partition(":")

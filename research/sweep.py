@@ -475,6 +475,40 @@ def aggregate(rows: Sequence[Mapping[str, Any]], group_by: Sequence[str],
   return out
 
 
+def select(rows: Sequence[Mapping[str, Any]], label: str, axis: str,
+           within: Sequence[str], by: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
+  """Model selection as extra rows: per group of `within` values, the best run.
+
+  For every combination of the `within` axes (e.g. k and seed), the run with
+  the best `by` metrics (a list of [metric, 'max' | 'min'], later ones break
+  ties) is copied into a new row whose `axis` is `label` and whose 'selected'
+  is the chosen run's `axis` value; aggregating those rows gives the test
+  metrics of "what a researcher picks on validation". Groups where no run has
+  the first `by` metric yield nothing.
+  """
+  if not by:
+    raise ValueError("sweep select: 'by' needs at least one [metric, 'max'|'min']")
+  for metric, mode in by:
+    if mode not in ("max", "min"):
+      raise ValueError(f"sweep select: mode for {metric!r} must be 'max' or 'min', got {mode!r}")
+  groups: dict[tuple, list[Mapping[str, Any]]] = {}
+  for row in rows:
+    if by[0][0] in row and row.get(axis) != label:
+      groups.setdefault(tuple(_key(row.get(a)) for a in within), []).append(row)
+
+  def score(row):
+    return tuple((-1 if mode == "max" else 1) * float(row.get(metric, math.nan))
+                 if not math.isnan(float(row.get(metric, math.nan))) else math.inf
+                 for metric, mode in by)
+
+  out = []
+  for members in groups.values():
+    best = min(members, key=score)  # min() keeps the first of equal scores
+    out.append({**best, axis: label, "selected": best.get(axis),
+                "name": f"{label}: {best.get('name', '')}"})
+  return out
+
+
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> str:
   columns: list[str] = []
   for row in rows:
@@ -571,9 +605,12 @@ def default_metrics(rows: Sequence[Mapping[str, Any]], axes: Iterable[str]) -> l
 
 def report(runs: Sequence[Overrides], root: str, seed_axis: str,
            group_by: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
-           plot_metric: str | None = None, x_axis: str | None = None) -> dict[str, Any]:
+           plot_metric: str | None = None, x_axis: str | None = None,
+           selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Writes root/runs.csv (per run), results.csv and results.md (mean ± std), plot PNG.
 
+  `selection`: keyword arguments of `select` (label, axis, within, by); its
+  rows are aggregated like runs, and the markdown lists what it chose.
   Returns {'table': aggregated rows, 'markdown': str, 'paths': [...]}.
   """
   axes = list(dict.fromkeys(k for r in runs for k in r))
@@ -581,11 +618,20 @@ def report(runs: Sequence[Overrides], root: str, seed_axis: str,
     group_by = [a for a in axes if a != seed_axis]
   rows = collect(runs, root)
   metrics = list(metrics) if metrics else default_metrics(rows, axes)
+  chosen = select(rows, **selection) if selection else []
+  rows = rows + chosen
   table = aggregate(rows, group_by, seed_axis, metrics)
   paths = [write_csv(rows, os.path.join(root, "runs.csv")),
            write_csv([{k: v for k, v in e.items()} for e in table],
                      os.path.join(root, "results.csv"))]
   md = markdown_table(table, group_by, metrics)
+  if chosen:
+    within = selection["within"]
+    picks = "; ".join(", ".join(f"{a.split('.')[-1]}={_cell(r.get(a))}" for a in within)
+                      + f": {r['selected']}" for r in chosen)
+    md += (f"\n'{selection['label']}' picks, per {', '.join(within)}, the "
+           f"{selection['axis'].lstrip('_')} with the best "
+           f"{' then '.join(f'{m} ({mode})' for m, mode in selection['by'])}: {picks}.\n")
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(f"Mean ± sample std (ddof=1) over `{seed_axis}`; n = runs per row.\n\n" + md)
   paths.append(os.path.join(root, "results.md"))

@@ -269,7 +269,9 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
   ctx = DataContext(global_batch_size=config.batch_size, process_index=jax.process_index(),
                     process_count=jax.process_count(), seed=config.seed)
   train_iter = task.train_data(ctx)
-  eval_batches = task.eval_data(ctx)
+  eval_sets = task.eval_data(ctx)
+  if callable(eval_sets):
+    eval_sets = {"": eval_sets}
   dp = parallel.DataParallel(task.train_step, task.eval_step,
                              mode=config.get("parallel", "pmap"))
 
@@ -304,12 +306,15 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
   t_last, step_last = time.perf_counter(), step
 
   def evaluate(state, step):
-    sums = None
-    for batch in eval_batches():
-      out = dp.eval_step(state, dp.put_batch(parallel.shard(batch)))
-      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    result = task.summarize_eval(dp.to_host(sums))
-    writer.write(step, "eval", {k: v for k, v in result.items()})
+    result = {}
+    for name, batches in eval_sets.items():
+      sums = None
+      for batch in batches():
+        out = dp.eval_step(state, dp.put_batch(parallel.shard(batch)))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+      prefix = f"{name}_" if name else ""
+      result.update({prefix + k: v for k, v in task.summarize_eval(dp.to_host(sums)).items()})
+    writer.write(step, "eval", dict(result))
     if jax.process_index() == 0:
       task.on_eval(state, step, workdir)
     return result

@@ -7,7 +7,9 @@ The generator's config gets data.few_shot_k=K, data.few_shot_seed=SEED and
 seed=SEED, so it trains on exactly the k-shot subset a classifier run with
 the same (k, seed) sees, and on nothing else. Writes into OUT:
   training_data.json  what the generator trained on: k, seed, dataset, split,
-                      the subset's indices into the split, and the SHA-1 of
+                      the subset's indices into the split (without the
+                      data.few_shot_val images held out for validation, which
+                      a generator never sees either), and the SHA-1 of
                       every training image (in the order the iterator holds them)
   generator/          the generator's trainer workdir (resumable)
   samples.npz         {'image': uint8 [N, H, W, C], 'label': int32 [N]},
@@ -45,8 +47,9 @@ def record_training_data(task, config, path: str) -> dict:
                    d.get("image_size", 0))
   record = {"dataset": d.name, "split": d.get("train_split", "train"),
             "k": int(d.few_shot_k), "seed": int(d.few_shot_seed),
-            "indices": data.few_shot_indices(full["label"], d.few_shot_k,
-                                             d.few_shot_seed).tolist(),
+            "val_per_class": int(d.get("few_shot_val", 0)),
+            "indices": data.train_val_indices(full["label"], d.few_shot_k, d.few_shot_seed,
+                                              d.get("few_shot_val", 0))[0].tolist(),
             "labels": np.asarray(iterator.arrays["label"]).tolist(),
             "image_sha1": image_sha1(iterator.arrays["image"])}
   with open(path, "w") as f:

@@ -71,7 +71,8 @@ def main(argv=None) -> int:
   out = sweep.report(runs, args.root, seed_axis=pick("seed_axis", "seed"),
                      group_by=split(pick("group_by", None)),
                      metrics=split(pick("metrics", None)),
-                     plot_metric=pick("plot_metric", None), x_axis=pick("x_axis", None))
+                     plot_metric=pick("plot_metric", None), x_axis=pick("x_axis", None),
+                     selection=options.get("select"))
   print(out["markdown"])
   print("\n".join(out["paths"]))
   print(f"[sweep] wall time {time.time() - t0:.0f} s", flush=True)

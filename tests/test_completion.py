@@ -43,12 +43,15 @@ def test_sweep_grid_and_one_generator_per_subset(variant, ks, seeds, ratios):
   prefixes = ("", "aug+") if variant == "full" else ("",)
   arms = ["base", "aug"] + [f"{pre}{g}@{r}" for g in ("vae", "gan") for r in ratios
                             for pre in prefixes]
+  if variant == "full":
+    arms += ["transfer", "aug+transfer"]
   cells = collections.Counter((r["_arm"], r["data.few_shot_k"], r["seed"]) for r in runs)
   assert set(cells) == {(a, k, s) for a in arms for k in ks for s in seeds}
   assert set(cells.values()) == {1}
   generators = {}
   for r in runs:
     assert r["data.few_shot_seed"] == r["seed"]
+    assert r["data.few_shot_val"] == completion.val_per_class(r["data.few_shot_k"]) >= 1
     prereqs = completion.get_prerequisites(r)
     if "vae" not in r["_arm"] and "gan" not in r["_arm"]:
       assert prereqs == [] and "data.synthetic" not in r
@@ -70,6 +73,8 @@ def test_prerequisites_refuse_a_generator_of_another_subset():
          "data.synthetic": completion.synthetic_path("quick", "vae", 10, 0),
          "data.synthetic_ratio": 0.5}
   with pytest.raises(ValueError, match="another subset"):
+    completion.get_prerequisites({**run, "data.few_shot_val": 2})
+  with pytest.raises(ValueError, match="few_shot_val=0"):
     completion.get_prerequisites(run)
 
 
@@ -88,20 +93,24 @@ def _complete_script():
   return _module(os.path.join(REPO, "scripts", "complete.py"), "_complete")
 
 
-def _check_record(record, k, seed):
-  """The recorded generator training set is the classifier's (k, seed) subset, nothing else."""
+def _check_record(record, k, seed, val):
+  """The recorded generator training set is the classifier's (k, seed) training
+  subset, nothing else: not the validation images held out of it, no test image."""
   train = data.load("mnist5k", "train")
   test = data.load("mnist5k", "test")
   classifier = config_lib.apply_overrides(
       completion.get_config("quick"), {"data.few_shot_k": k, "data.few_shot_seed": seed,
-                                       "seed": seed})
+                                       "data.few_shot_val": val, "seed": seed})
   seen = data.load_train(classifier.data)
   assert sorted(record["image_sha1"]) == sorted(_sha1(seen["image"]))
   idx = data.few_shot_indices(train["label"], k, seed)
-  assert record["indices"] == idx.tolist()
-  assert sorted(record["image_sha1"]) == sorted(_sha1(train["image"][idx]))
-  # Exactly k per class, nothing from the test split, nothing from another subset.
-  np.testing.assert_array_equal(np.bincount(record["labels"], minlength=10), [k] * 10)
+  val_images = set(_sha1(data.load_val(classifier.data)["image"]))
+  assert len(val_images) == 10 * val
+  assert set(record["image_sha1"]) | val_images == set(_sha1(train["image"][idx]))
+  assert not set(record["image_sha1"]) & val_images
+  assert set(record["indices"]) < set(idx.tolist()) and record["val_per_class"] == val
+  # Exactly k - val per class, nothing from the test split, nothing from another subset.
+  np.testing.assert_array_equal(np.bincount(record["labels"], minlength=10), [k - val] * 10)
   assert not set(record["image_sha1"]) & set(_sha1(test["image"]))
   other = data.few_shot_indices(train["label"], k, seed + 1)
   assert set(record["image_sha1"]) != set(_sha1(train["image"][other]))
@@ -114,6 +123,7 @@ def test_generator_training_set_is_the_arms_subset(tmp_path, kind):
   complete = _complete_script()
   k, seed = 5, 2
   run = {"_arm": f"{kind}@0.5", "data.few_shot_k": k, "seed": seed, "data.few_shot_seed": seed,
+         "data.few_shot_val": completion.val_per_class(k),
          "data.synthetic": completion.synthetic_path("quick", kind, k, seed),
          "data.synthetic_ratio": 0.5}
   (p,) = completion.get_prerequisites(run)
@@ -124,7 +134,7 @@ def test_generator_training_set_is_the_arms_subset(tmp_path, kind):
   record = complete.record_training_data(tasks.get_task(config.task, config), config,
                                          str(tmp_path / "training_data.json"))
   assert json.load(open(tmp_path / "training_data.json")) == record
-  _check_record(record, k, seed)
+  _check_record(record, k, seed, completion.val_per_class(k))
 
 
 def test_generator_refuses_synthetic_training_data():
@@ -143,9 +153,10 @@ def test_complete_script_end_to_end(tmp_path):
   rc = complete.main(["--config", os.path.join(REPO, "configs", "mnist5k_cvae.py") + ":quick",
                       "--k", str(k), "--seed", str(seed), "--out", str(out),
                       "--num_per_class", "4", "--config.num_steps=2",
-                      "--config.eval_batch_size=1000", "--config.iwae_samples=0"])
+                      "--config.eval_batch_size=1000", "--config.iwae_samples=0",
+                      "--config.data.few_shot_val=1"])
   assert rc == 0
-  _check_record(json.load(open(out / "training_data.json")), k, seed)
+  _check_record(json.load(open(out / "training_data.json")), k, seed, 1)
   samples = np.load(out / "samples.npz")
   assert samples["image"].shape == (40, 28, 28, 1) and samples["image"].dtype == np.uint8
   np.testing.assert_array_equal(np.bincount(samples["label"]), [4] * 10)

@@ -295,6 +295,43 @@ def test_report_from_fabricated_results(tmp_path):
   assert png.exists() and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_selection_picks_the_best_validation_run_per_group_and_aggregates_its_test_metric(
+    tmp_path):
+  rng = np.random.default_rng(3)
+  runs, results = [], {}
+  for k in (10, 50):
+    for seed in (0, 1, 2):
+      for arm in ("base", "aug", "vae"):
+        r = {"_arm": arm, "k": k, "seed": seed}
+        runs.append(r)
+        # Coarse validation accuracies so that ties happen; val_loss breaks them.
+        results[sweep.run_name(r)] = {"accuracy": float(rng.uniform()),
+                                      "val_accuracy": float(rng.integers(0, 3)) / 2,
+                                      "val_loss": float(rng.uniform())}
+  for name, res in results.items():
+    os.makedirs(tmp_path / name)
+    json.dump(res, open(tmp_path / name / "results.json", "w"))
+  selection = dict(label="best", axis="_arm", within=["k", "seed"],
+                   by=[["val_accuracy", "max"], ["val_loss", "min"]])
+  out = sweep.report(runs, str(tmp_path), seed_axis="seed", group_by=["_arm", "k"],
+                     metrics=["accuracy"], selection=selection)
+  for k in (10, 50):
+    picked = []
+    for seed in (0, 1, 2):
+      cands = [(results[sweep.run_name(r)], r["_arm"]) for r in runs
+               if r["k"] == k and r["seed"] == seed]
+      # By hand: highest val accuracy, then lowest val loss.
+      res, arm = sorted(cands, key=lambda c: (-c[0]["val_accuracy"], c[0]["val_loss"]))[0]
+      picked.append(res["accuracy"])
+      assert f"k={k}, seed={seed}: {arm}" in out["markdown"]
+    (row,) = [e for e in out["table"] if e["_arm"] == "best" and e["k"] == k]
+    assert row["n"] == 3
+    np.testing.assert_allclose([row["accuracy_mean"], row["accuracy_std"]],
+                               [np.mean(picked), np.std(picked, ddof=1)], rtol=1e-12)
+  with pytest.raises(ValueError, match="'max' or 'min'"):
+    sweep.select([], "best", "_arm", ["k"], [["val_accuracy", "biggest"]])
+
+
 # ---------------------------------------------------------------- the real trainer
 @pytest.mark.slow
 def test_real_trainer_parallel_kill_and_resume(tmp_path):

@@ -36,6 +36,18 @@ def test_a_run_writes_config_metrics_checkpoints_and_results(tiny_config, tmp_pa
   assert steps == [10, 20]
 
 
+def test_validation_split_is_evaluated_beside_the_test_split_and_can_select(tiny_config,
+                                                                           tmp_path):
+  config = tiny_config(**{"data.few_shot_k": 20, "data.few_shot_val": 5,
+                          "best_metric": "val_accuracy"})
+  out = trainer.train_and_evaluate(config, str(tmp_path))
+  assert np.asarray(out["confusion"]).sum() == 1000  # the test split
+  assert np.asarray(out["val_confusion"]).sum() == 50  # 5 held out per class
+  assert 0.0 <= out["val_accuracy"] <= 1.0 and "val_loss" in out
+  evals = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert all("val_accuracy" in r for r in evals if r["split"] == "eval")
+
+
 def test_restart_with_a_different_config_is_refused_naming_the_fields(tiny_config, tmp_path):
   trainer.check_and_write_config(tiny_config(), str(tmp_path))
   with pytest.raises(trainer.ConfigMismatchError,

@@ -8,6 +8,8 @@ Configured by a `data` ConfigDict:
   image_size: resize on load (0 = native size)
   few_shot_k: if > 0, keep k labelled training examples per class
   few_shot_seed: which k-shot subset
+  few_shot_val: examples per class held out of the (k-shot) training set for
+    validation (0 = none); the trainer evaluates them as the 'val' set
   synthetic: path of an .npz of generated {'image','label'} ('' = none)
   synthetic_ratio: fraction of every training batch drawn from `synthetic`
 """
@@ -15,18 +17,31 @@ from __future__ import annotations
 
 from research.data.pipeline import (ArrayIterator, MixIterator, ZipIterator,  # noqa: F401
                                     eval_batches as eval_batches_from_arrays,
-                                    few_shot, few_shot_indices, split_holdout)
+                                    few_shot, few_shot_indices, split_holdout,
+                                    train_val_indices)
 from research.data.sources import (DatasetNotPreparedError, load, load_npz,  # noqa: F401
                                    names)
 
 
-def load_train(cfg) -> dict:
-  """The training arrays a data config describes (few-shot subset applied)."""
+def _train_val(cfg) -> tuple[dict, dict]:
   arrays = load(cfg.name, cfg.get("train_split", "train"), cfg.get("data_dir") or None,
                 cfg.get("image_size", 0))
-  if cfg.get("few_shot_k", 0):
-    arrays = few_shot(arrays, cfg.few_shot_k, cfg.get("few_shot_seed", 0))
-  return arrays
+  k, val = cfg.get("few_shot_k", 0), cfg.get("few_shot_val", 0)
+  if not k and not val:
+    return arrays, {}
+  train_idx, val_idx = train_val_indices(arrays["label"], k, cfg.get("few_shot_seed", 0), val)
+  return ({key: v[train_idx] for key, v in arrays.items()},
+          {key: v[val_idx] for key, v in arrays.items()} if val else {})
+
+
+def load_train(cfg) -> dict:
+  """The training arrays a data config describes (few-shot subset, minus validation)."""
+  return _train_val(cfg)[0]
+
+
+def load_val(cfg) -> dict:
+  """The validation arrays held out of the training set (data.few_shot_val), or {}."""
+  return _train_val(cfg)[1]
 
 
 def train_iterator(cfg, ctx, seed_offset: int = 0):
@@ -47,3 +62,12 @@ def eval_batches(cfg, ctx, global_batch_size: int, split: str | None = None):
                 cfg.get("data_dir") or None, cfg.get("image_size", 0))
   return eval_batches_from_arrays(arrays, global_batch_size, ctx.process_index,
                                   ctx.process_count)
+
+
+def eval_sets(cfg, ctx, global_batch_size: int) -> dict:
+  """{'': the eval split, 'val': the held-out validation set (when data.few_shot_val)}."""
+  sets = {"": eval_batches(cfg, ctx, global_batch_size)}
+  if cfg.get("few_shot_val", 0):
+    sets["val"] = eval_batches_from_arrays(load_val(cfg), global_batch_size,
+                                           ctx.process_index, ctx.process_count)
+  return sets

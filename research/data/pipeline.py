@@ -37,6 +37,29 @@ def few_shot(arrays: Arrays, k: int, seed: int, label_key: str = "label") -> dic
   return {key: np.asarray(v)[idx] for key, v in arrays.items()}
 
 
+def train_val_indices(labels: np.ndarray, k: int, seed: int,
+                      val_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(train, validation) indices into `labels`: the k-shot subset drawn by `seed`
+  (every example when k == 0), minus `val_per_class` examples of every class
+  held out from it for validation (the same ones `split_holdout` takes).
+
+  With a validation split, the k labelled images per class a scarce-data run
+  has are k - val_per_class for training plus val_per_class for model
+  selection: nothing outside the k-shot subset is ever looked at.
+  """
+  labels = np.asarray(labels)
+  idx = few_shot_indices(labels, k, seed) if k else np.arange(len(labels))
+  if not val_per_class:
+    return idx, idx[:0]
+  if val_per_class < 0 or (k and val_per_class >= k):
+    raise ValueError(f"data.few_shot_val={val_per_class} must be in [0, few_shot_k={k}): "
+                     f"at least one example per class has to remain for training")
+  val_local = few_shot_indices(labels[idx], val_per_class, seed + 1)
+  keep = np.ones(len(idx), bool)
+  keep[val_local] = False
+  return idx[keep], idx[val_local]
+
+
 def split_holdout(arrays: Arrays, per_class: int, seed: int,
                   label_key: str = "label") -> tuple[dict, dict]:
   """Splits off `per_class` examples of each class as a validation set: (train, val)."""

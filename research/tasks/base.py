@@ -11,6 +11,10 @@ Host side (plain Python/numpy, may read files):
   `eval_data(ctx)`   -> a callable returning a fresh finite iterable of
                         process-local batches of static shape; padded examples
                         carry `mask == 0` so every real example counts once.
+                        Or a dict {name: such a callable} to evaluate several
+                        sets: the '' set's metrics keep their names, the
+                        others are prefixed 'name_' (e.g. 'val_accuracy', for
+                        best_metric: model selection on a validation split).
   `init_state(rng, batch)` -> the full training state (any pytree: params of one
                         or several models, optimizer states, batch_stats, EMA
                         weights, a frozen teacher...). `batch` is one per-device
@@ -42,12 +46,13 @@ Every method has a sensible default where one exists; a new task subclasses
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Union
 
 import numpy as np
 
 Batch = Mapping[str, Any]
 State = Any
+EvalData = Union[Callable[[], Iterable[Batch]], Mapping[str, Callable[[], Iterable[Batch]]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +79,11 @@ class Task:
     from research import data  # pylint: disable=g-import-not-at-top
     return data.train_iterator(self.config.data, ctx)
 
-  def eval_data(self, ctx: DataContext) -> Callable[[], Iterable[Batch]]:
+  def eval_data(self, ctx: DataContext) -> EvalData:
+    """Default: the eval split, plus 'val' when data.few_shot_val holds out a validation set."""
     from research import data  # pylint: disable=g-import-not-at-top
-    return data.eval_batches(self.config.data, ctx,
-                             self.config.get("eval_batch_size",
-                                             ctx.global_batch_size))
+    return data.eval_sets(self.config.data, ctx,
+                          self.config.get("eval_batch_size", ctx.global_batch_size))
 
   def init_state(self, rng, batch: Batch) -> State:
     raise NotImplementedError

@@ -145,3 +145,30 @@ def test_processes_preparing_the_same_dataset_at_once_all_read_it(tmp_path):
                             stderr=subprocess.PIPE, text=True) for _ in range(4)]
   errors = [p.communicate(timeout=300)[1] for p in procs]
   assert all(p.returncode == 0 for p in procs), "\n".join(errors)
+
+
+def test_validation_is_held_out_of_the_k_shot_subset():
+  labels = np.repeat(np.arange(10), 40)
+  k, val, seed = 10, 2, 3
+  train_idx, val_idx = data.train_val_indices(labels, k, seed, val)
+  subset = data.few_shot_indices(labels, k, seed)
+  assert not set(train_idx) & set(val_idx)
+  assert sorted(np.concatenate([train_idx, val_idx])) == sorted(subset)
+  np.testing.assert_array_equal(np.bincount(labels[val_idx]), [val] * 10)
+  np.testing.assert_array_equal(np.bincount(labels[train_idx]), [k - val] * 10)
+  # The same examples split_holdout takes from the k-shot subset.
+  _, held = data.split_holdout({"label": labels[subset], "i": subset}, val, seed)
+  assert sorted(held["i"]) == sorted(val_idx)
+  with pytest.raises(ValueError, match="few_shot_val=10"):
+    data.train_val_indices(labels, k, seed, 10)
+
+
+def test_data_config_with_validation_loads_disjoint_train_and_val():
+  from research import config_lib
+  cfg = config_lib.data_config("mnist5k", few_shot_k=5, few_shot_seed=1, few_shot_val=2)
+  train, val = data.load_train(cfg), data.load_val(cfg)
+  assert len(train["label"]) == 30 and len(val["label"]) == 20
+  keys = lambda a: {im.tobytes() for im in a["image"]}
+  assert not keys(train) & keys(val)
+  everything = data.few_shot(data.load("mnist5k", "train"), 5, 1)
+  assert keys(train) | keys(val) == keys(everything)
