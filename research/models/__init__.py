@@ -15,6 +15,7 @@ _MODELS = {
     "dcgan_generator": "research.models.gan:Generator",
     "dcgan_discriminator": "research.models.gan:Discriminator",
     "vae": "research.models.vae:VAE",
+    "domain_discriminator": "research.models.domain:DomainDiscriminator",
     "efficientnet_lite0": "research.models.efficientnet_lite:EfficientNetLite0",
     "efficientnet_lite1": "research.models.efficientnet_lite:EfficientNetLite1",
     "efficientnet_lite2": "research.models.efficientnet_lite:EfficientNetLite2",

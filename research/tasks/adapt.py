@@ -46,7 +46,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,18 +74,6 @@ class AdaptState:
   opt_state: Any
   disc_params: Any      # domain classifier; {} when the method has none
   disc_opt_state: Any   # {} when the method has none
-
-
-class DomainDiscriminator(nn.Module):
-  """MLP domain classifier: features float [N, D] -> logit of p(target | x), [N]."""
-  hidden: int = 256
-
-  @nn.compact
-  def __call__(self, x):
-    x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(self.hidden)(x))
-    x = nn.relu(nn.Dense(self.hidden)(x))
-    return nn.Dense(1)(x)[:, 0]
 
 
 def standardize_per_image(x: jax.Array, eps: float = 1e-3) -> jax.Array:
@@ -132,7 +119,8 @@ class AdaptTask(classify.ClassifyTask):
         self.discriminator = models.get_model("small_cnn", num_classes=1,
                                               width=int(a.get("disc_width", 8)))
       else:
-        self.discriminator = DomainDiscriminator(hidden=int(a.get("disc_hidden", 256)))
+        self.discriminator = models.get_model("domain_discriminator",
+                                            hidden=int(a.get("disc_hidden", 256)))
     else:
       self.discriminator = None
     self.target_cfg = config.target
