@@ -31,8 +31,8 @@ import optax
 from research.models import efficientnet_lite
 
 
-def flax_step_fn(batch, res, lr=0.01, fast_depthwise_grad=True):
-  """Returns (step(), forward()) closures over a jitted Flax train step."""
+def flax_train_step(batch, res, lr=0.01, fast_depthwise_grad=True):
+  """Returns (model, jitted train_step(state, x, y), state, x, y)."""
   model = efficientnet_lite.EfficientNetLite0(
       num_classes=1000, fast_depthwise_grad=fast_depthwise_grad)
   rng = np.random.default_rng(0)
@@ -62,6 +62,13 @@ def flax_step_fn(batch, res, lr=0.01, fast_depthwise_grad=True):
     return {"params": optax.apply_updates(state["params"], updates),
             "batch_stats": stats, "opt": opt, "rng": rng}, loss
 
+  return model, train_step, state, x, y
+
+
+def flax_step_fn(batch, res, lr=0.01, fast_depthwise_grad=True):
+  """Returns (step(), forward()) closures over a jitted Flax train step."""
+  model, train_step, state, x, y = flax_train_step(
+      batch, res, lr, fast_depthwise_grad)
   forward = jax.jit(model.apply)
   box = [state]
 
@@ -87,12 +94,17 @@ def torch_step_fn(batch, res, lr=0.01):
   opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
   loss_fn = torch.nn.CrossEntropyLoss()
 
+  scope = torch.autograd.profiler.record_function  # labels for torch.profiler
+
   def step():
     model.train()
     opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    opt.step()
+    with scope("forward"):
+      loss = loss_fn(model(x), y)
+    with scope("backward"):
+      loss.backward()
+    with scope("optimizer"):
+      opt.step()
     float(loss.detach())
 
   def fwd():

@@ -13,6 +13,11 @@ import logging
 import sys
 
 
+# sysexits.h EX_TEMPFAIL: stopped by SIGTERM/SIGINT after saving a checkpoint;
+# rerunning the same command resumes.
+EXIT_PREEMPTED = 75
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +55,9 @@ def main(argv=None) -> int:
     _, state = trainer.load_state(args.workdir, config)
     np.savez(args.dump_params, **{k: np.asarray(v) for k, v in P.flatten(state.params).items()})
   print(json.dumps(summary, indent=1))
+  if result.get("preempted"):
+    # Not finished: a shell chain `train.py && eval.py` must not go on.
+    return EXIT_PREEMPTED
   return 0
 
 

@@ -131,6 +131,10 @@ def _depthwise_vjp_bwd(stride, res, g):
   x, kernel = res
   _, vjp_x = jax.vjp(lambda x: _depthwise_fwd_conv(x, kernel, stride), x)
   (dx,) = vjp_x(g)
+  return dx, _depthwise_kernel_grad(stride, x, kernel, g)
+
+
+def _depthwise_kernel_grad(stride, x, kernel, g):
   kh, kw = kernel.shape[:2]
   ho, wo = g.shape[1:3]
   xp = jnp.pad(x, ((0, 0), _same_padding(x.shape[1], kh, stride),
@@ -145,11 +149,69 @@ def _depthwise_vjp_bwd(stride, res, g):
            xp.shape[3]), (1, stride, stride, 1))
       cols.append(jnp.sum(patch * g, axis=(0, 1, 2)))
     rows.append(jnp.stack(cols))
-  dkernel = jnp.stack(rows)[:, :, None, :].astype(kernel.dtype)
-  return dx, dkernel
+  return jnp.stack(rows)[:, :, None, :].astype(kernel.dtype)
 
 
 depthwise_conv2d.defvjp(_depthwise_vjp_fwd, _depthwise_vjp_bwd)
+
+
+def _shifted_sum(xp, kernel, stride, out_hw):
+  """sum_ij xp[:, i + s*h, j + s*w, :] * kernel[i, j, 0] (one loop fusion)."""
+  kh, kw = kernel.shape[:2]
+  ho, wo = out_hw
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      patch = jax.lax.slice(
+          xp, (0, i, j, 0),
+          (xp.shape[0], i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1,
+           xp.shape[3]), (1, stride, stride, 1))
+      term = patch * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+def _shifted_fwd(x, kernel, stride):
+  kh, kw = kernel.shape[:2]
+  h, w = x.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), _same_padding(h, kh, stride),
+                   _same_padding(w, kw, stride), (0, 0)))
+  return _shifted_sum(xp, kernel, stride, (-(-h // stride), -(-w // stride)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_conv2d_shifted(x, kernel, stride: int):
+  """`depthwise_conv2d` with forward and input gradient as shifted sums too.
+
+  Same arguments and result as `depthwise_conv2d` (up to float rounding: the
+  k*k products are summed in a different order). XLA:CPU runs a grouped
+  convolution with C groups far slower than C independent channels need
+  (its cost grows with the channel count), for the forward pass and the input
+  gradient alike; k*k multiply-adds of shifted slices fuse into one loop over
+  the output instead. The input gradient is the same sum over the gradient,
+  dilated by the stride and padded, with the kernel flipped; the kernel
+  gradient is `depthwise_conv2d`'s.
+  """
+  return _shifted_fwd(x, kernel, stride)
+
+
+def _shifted_vjp_fwd(x, kernel, stride):
+  return _shifted_fwd(x, kernel, stride), (x, kernel)
+
+
+def _shifted_vjp_bwd(stride, res, g):
+  x, kernel = res
+  kh, kw = kernel.shape[:2]
+  (plh, phh), (plw, phw) = (_same_padding(x.shape[1], kh, stride),
+                            _same_padding(x.shape[2], kw, stride))
+  gp = jax.lax.pad(g, jnp.zeros((), g.dtype),
+                   ((0, 0, 0), (kh - 1 - plh, kh - 1 - phh, stride - 1),
+                    (kw - 1 - plw, kw - 1 - phw, stride - 1), (0, 0, 0)))
+  dx = _shifted_sum(gp, kernel[::-1, ::-1], 1, x.shape[1:3]).astype(x.dtype)
+  return dx, _depthwise_kernel_grad(stride, x, kernel, g)
+
+
+depthwise_conv2d_shifted.defvjp(_shifted_vjp_fwd, _shifted_vjp_bwd)
 
 
 class DepthwiseConv(nn.Module):
@@ -157,14 +219,15 @@ class DepthwiseConv(nn.Module):
   kernel_size: int
   stride: int = 1
   dtype: Any = jnp.float32
+  shifted: bool = False  # depthwise_conv2d_shifted instead of depthwise_conv2d
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
     kernel = self.param("kernel", conv_init,
                         (self.kernel_size, self.kernel_size, 1, c))
-    return depthwise_conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                            self.stride)
+    fn = depthwise_conv2d_shifted if self.shifted else depthwise_conv2d
+    return fn(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
 
 
 class MBConvBlock(nn.Module):
@@ -176,6 +239,7 @@ class MBConvBlock(nn.Module):
   norm: Any
   drop_connect_rate: float = 0.0
   fast_depthwise_grad: bool = True
+  shifted_depthwise: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -190,7 +254,8 @@ class MBConvBlock(nn.Module):
       x = jax.nn.relu6(self.norm(name="expand_bn")(x))
     k, s = self.kernel_size, self.stride
     if self.fast_depthwise_grad:
-      x = DepthwiseConv(k, s, dtype=self.dtype, name="depthwise_conv")(x)
+      x = DepthwiseConv(k, s, dtype=self.dtype, shifted=self.shifted_depthwise,
+                        name="depthwise_conv")(x)
     else:
       x = conv(hidden, (k, k), (s, s), feature_group_count=hidden,
                name="depthwise_conv")(x)
@@ -225,6 +290,11 @@ class EfficientNetLite(nn.Module):
     fast_depthwise_grad: depthwise convs with a custom kernel gradient
       (`depthwise_conv2d`); False uses XLA's grouped conv gradient, which is
       much slower on CPU. Same parameters and outputs either way.
+    shifted_depthwise: with `fast_depthwise_grad`, also compute the depthwise
+      forward pass and input gradient as shifted multiply-adds
+      (`depthwise_conv2d_shifted`), much faster than XLA's grouped
+      convolution on CPU. Same parameters; outputs equal up to float
+      rounding (summation order). Off by default.
     dtype: computation dtype (parameters are float32).
 
   Call: `model.apply(variables, x, train, return_features=False,
@@ -244,6 +314,7 @@ class EfficientNetLite(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   bn_epsilon: float = BN_EPSILON
   fast_depthwise_grad: bool = True
+  shifted_depthwise: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -269,6 +340,7 @@ class EfficientNetLite(nn.Module):
       x = MBConvBlock(k, s, e, out, norm,
                       drop_connect_rate=self.drop_connect_rate * i / len(specs),
                       fast_depthwise_grad=self.fast_depthwise_grad,
+                      shifted_depthwise=self.shifted_depthwise,
                       dtype=self.dtype, name=f"block_{i}")(x, train)
     x = conv(TOP_FILTERS, (1, 1), name="top_conv")(x)
     x = jax.nn.relu6(norm(name="top_bn")(x))
