@@ -5,6 +5,7 @@ k-shot subset (same images as the classifier of the same (k, seed)) and on
 no other image, and every arm of a (k, seed) shares one generator.
 """
 import collections
+import csv
 import hashlib
 import importlib.util
 import json
@@ -161,3 +162,28 @@ def test_complete_script_end_to_end(tmp_path):
   saved = json.load(open(out / "generator" / "config.json"))
   assert (saved["data"]["few_shot_k"], saved["data"]["few_shot_seed"]) == (k, seed)
   assert saved["data"]["synthetic"] == ""
+
+
+def test_paired_report_matches_numpy(tmp_path):
+  report = _module(os.path.join(REPO, "scripts", "completion_report.py"), "_completion_report")
+  rng = np.random.default_rng(0)
+  acc = {(arm, k, s): float(rng.uniform()) for arm in ("base", "aug", "vae@0.5")
+         for k in (10, 50) for s in (0, 1, 2)}
+  acc[("aug", 10, 0)], acc[("aug", 10, 1)], acc[("aug", 10, 2)] = (
+      acc[("base", 10, 0)] + 0.05, acc[("base", 10, 1)] + 0.06, acc[("base", 10, 2)] + 0.055)
+  with open(tmp_path / "runs.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, ["_arm", "data.few_shot_k", "seed", "accuracy"])
+    w.writeheader()
+    for (arm, k, s), v in acc.items():
+      w.writerow({"_arm": arm, "data.few_shot_k": k, "seed": s, "accuracy": v})
+  assert report.main(["--root", str(tmp_path)]) == 0
+  with open(tmp_path / "runs.csv") as f:
+    table = report.paired_table(list(csv.DictReader(f)), "accuracy")
+  for e in table:
+    d = np.array([acc[(e["arm"], e["k"], s)] - acc[("base", e["k"], s)] for s in (0, 1, 2)])
+    np.testing.assert_allclose([e["diff_mean"], e["diff_std"]], [d.mean(), d.std(ddof=1)],
+                               atol=1e-12)
+  (aug10,) = [e for e in table if (e["arm"], e["k"]) == ("aug", 10)]
+  assert report.verdict(aug10) == "helps" and aug10["wins"] == 3
+  assert "| 10 | aug |" in open(tmp_path / "paired.md").read()
+  assert report.main(["--root", str(tmp_path), "--metric", "nope"]) == 2
