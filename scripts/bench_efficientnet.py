@@ -10,6 +10,8 @@ of the timed steps is reported.
 
 `--xla_depthwise` adds a Flax column with XLA's own grouped-conv kernel
 gradient (the model's `fast_depthwise_grad=False`), the slow path on CPU.
+`--shifted_depthwise` adds one with the depthwise forward and input gradient
+as shifted multiply-adds too (`shifted_depthwise=True`).
 
 Needs the `torch` extra (torch==2.13.0, efficientnet-lite-pytorch==0.1.0).
 `--forward_only` also times the inference forward pass, to see how the step
@@ -31,10 +33,12 @@ import optax
 from research.models import efficientnet_lite
 
 
-def flax_train_step(batch, res, lr=0.01, fast_depthwise_grad=True):
+def flax_train_step(batch, res, lr=0.01, fast_depthwise_grad=True,
+                    shifted_depthwise=False):
   """Returns (model, jitted train_step(state, x, y), state, x, y)."""
   model = efficientnet_lite.EfficientNetLite0(
-      num_classes=1000, fast_depthwise_grad=fast_depthwise_grad)
+      num_classes=1000, fast_depthwise_grad=fast_depthwise_grad,
+      shifted_depthwise=shifted_depthwise)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch, res, res, 3)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 1000, size=batch))
@@ -65,10 +69,11 @@ def flax_train_step(batch, res, lr=0.01, fast_depthwise_grad=True):
   return model, train_step, state, x, y
 
 
-def flax_step_fn(batch, res, lr=0.01, fast_depthwise_grad=True):
+def flax_step_fn(batch, res, lr=0.01, fast_depthwise_grad=True,
+                 shifted_depthwise=False):
   """Returns (step(), forward()) closures over a jitted Flax train step."""
   model, train_step, state, x, y = flax_train_step(
-      batch, res, lr, fast_depthwise_grad)
+      batch, res, lr, fast_depthwise_grad, shifted_depthwise)
   forward = jax.jit(model.apply)
   box = [state]
 
@@ -120,7 +125,8 @@ def timed(fn):
   return time.perf_counter() - t
 
 
-def bench(batch, res, warmup, repeats, forward_only, xla_depthwise):
+def bench(batch, res, warmup, repeats, forward_only, xla_depthwise,
+          shifted_depthwise=False):
   import torch  # pylint: disable=g-import-not-at-top
   fx_step, fx_fwd = flax_step_fn(batch, res)
   steps = {"flax": fx_step, "torch": torch_step_fn(batch, res)[0]}
@@ -128,6 +134,9 @@ def bench(batch, res, warmup, repeats, forward_only, xla_depthwise):
   if xla_depthwise:
     steps["flax_xla_dw"] = flax_step_fn(batch, res,
                                         fast_depthwise_grad=False)[0]
+  if shifted_depthwise:
+    steps["flax_shifted"] = flax_step_fn(batch, res,
+                                         shifted_depthwise=True)[0]
   t0 = time.perf_counter()
   fx_step()
   compile_s = time.perf_counter() - t0
@@ -160,6 +169,9 @@ def main():
   parser.add_argument("--xla_depthwise", action="store_true",
                       help="also time Flax with XLA's own depthwise kernel "
                       "gradient (fast_depthwise_grad=False)")
+  parser.add_argument("--shifted_depthwise", action="store_true",
+                      help="also time Flax with the depthwise forward and "
+                      "input gradient as shifted sums (shifted_depthwise=True)")
   args = parser.parse_args()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
@@ -169,12 +181,14 @@ def main():
     header += " Flax fwd img/s | PyTorch fwd img/s |"
   if args.xla_depthwise:
     header += " Flax, XLA depthwise grad img/s |"
+  if args.shifted_depthwise:
+    header += " Flax, shifted depthwise img/s | shifted / PyTorch |"
   print(header)
   print("|" + "---|" * (header.count("|") - 1))
   for config in args.configs.split(","):
     batch, res = (int(v) for v in config.split("x"))
     r = bench(batch, res, args.warmup, args.repeats, args.forward_only,
-              args.xla_depthwise)
+              args.xla_depthwise, args.shifted_depthwise)
     line = (f"| {batch} x {res}x{res} | {batch / r['flax']:.1f} | "
             f"{batch / r['torch']:.1f} | {r['torch'] / r['flax']:.2f} | "
             f"{r['compile_s']:.1f} |")
@@ -182,6 +196,9 @@ def main():
       line += f" {batch / r['flax_fwd']:.1f} | {batch / r['torch_fwd']:.1f} |"
     if args.xla_depthwise:
       line += f" {batch / r['flax_xla_dw']:.2f} |"
+    if args.shifted_depthwise:
+      line += (f" {batch / r['flax_shifted']:.1f} |"
+               f" {r['torch'] / r['flax_shifted']:.2f} |")
     print(line, flush=True)
   print(f"load average after: {os.getloadavg()[0]:.2f}")
 

@@ -134,9 +134,11 @@ def test_cross_replica_batchnorm_equals_big_batch(small_lite0):
                stats_2, stats_1)
 
 
+@pytest.mark.parametrize("fn", [lite.depthwise_conv2d,
+                                lite.depthwise_conv2d_shifted])
 @pytest.mark.parametrize("size,k,stride", [(9, 3, 1), (9, 5, 2), (8, 5, 2),
-                                           (8, 3, 2)])
-def test_depthwise_conv_gradients_match_xla(size, k, stride):
+                                           (8, 3, 2), (7, 5, 1)])
+def test_depthwise_conv_gradients_match_xla(size, k, stride, fn):
   r = np.random.default_rng(size + k + stride)
   x = jnp.asarray(r.normal(size=(2, size, size, 6)), jnp.float32)
   w = jnp.asarray(r.normal(size=(k, k, 1, 6)), jnp.float32)
@@ -148,9 +150,19 @@ def test_depthwise_conv_gradients_match_xla(size, k, stride):
         x, w, (stride, stride), "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6)
 
-  ours = lambda x, w: lite.depthwise_conv2d(x, w, stride)
+  ours = lambda x, w: fn(x, w, stride)
   np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
   want = jax.vjp(xla, x, w)[1](g)
   got = jax.vjp(ours, x, w)[1](g)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_shifted_depthwise_model_matches_default(small_lite0):
+  """shifted_depthwise=True: same parameters, same outputs up to rounding."""
+  _, variables, x, ((logits, feats), _) = small_lite0
+  model = lite.EfficientNetLite0(num_classes=7, shifted_depthwise=True)
+  got_logits, got_feats = jax.jit(functools.partial(
+      model.apply, return_features=True))(variables, x)
+  np.testing.assert_allclose(got_feats, feats, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got_logits, logits, rtol=1e-4, atol=1e-4)
