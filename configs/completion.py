@@ -71,7 +71,9 @@ def val_per_class(k: int) -> int:
 
 TRANSFER = {
     "model": {"name": "efficientnet_lite0", "num_classes": 10, "dropout_rate": 0.2,
-              "drop_connect_rate": 0.2, "bn_momentum": 0.9},
+              "drop_connect_rate": 0.2, "bn_momentum": 0.9,
+              # Same function, depthwise convs as shifted sums: ~3x faster on the CPU.
+              "shifted_depthwise": True},
     "input.size": 32, "input.normalize": "imagenet",
     "init.checkpoint": "efficientnet_lite0", "init.dont_load": ("head/.*",),
     "optimizer.lr": 1e-3,

@@ -65,8 +65,13 @@ def main(argv=None) -> int:
   failed = []
   if not args.report_only:
     signal.signal(signal.SIGTERM, _interrupt)
-    jobs = sweep.run_sweep(args.config, runs, args.root, parallel=parallel,
-                           extra_flags=sweep.progress_flags(args.config))
+    try:
+      jobs = sweep.run_sweep(args.config, runs, args.root, parallel=parallel,
+                             extra_flags=sweep.progress_flags(args.config))
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM via _interrupt
+      print(f"[sweep] stopped ({e or 'interrupted'}) after {time.time() - t0:.0f} s; "
+            f"rerun the same command to resume", file=sys.stderr, flush=True)
+      return 75  # EX_TEMPFAIL, as scripts/train.py
     failed = [j for j in jobs if j.state in ("failed", "blocked")]
   out = sweep.report(runs, args.root, seed_axis=pick("seed_axis", "seed"),
                      group_by=split(pick("group_by", None)),
