@@ -341,8 +341,11 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
       state, metrics = dp.train_step(state, batch, train_rng, np.int32(step))
       step += 1
       history.append((step, metrics))
+      # Read the stop flag once per step: a signal landing between the save
+      # decision and the exit below would otherwise exit without saving.
+      stopping = stop.received
       boundary_eval = step % eval_every == 0 or step == num_steps
-      boundary_ckpt = step % ckpt_every == 0 or boundary_eval or stop.received
+      boundary_ckpt = step % ckpt_every == 0 or boundary_eval or stopping
       if step % log_every == 0 or boundary_ckpt:
         means = flush_history(step)
         now = time.perf_counter()
@@ -360,12 +363,12 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
         save_checkpoint(mngr, step, state, train_iter.get_state(),
                         metrics={best: eval_metrics[best]} if (best and eval_metrics) else None)
         last_good = step
-      if stop.received:
+      if stopping:
         mngr.wait_until_finished()
-        msg = (f"Received {stop.received}: saved a checkpoint at step {step} in "
+        msg = (f"Received {stopping}: saved a checkpoint at step {step} in "
                f"{workdir}/checkpoints; rerun the same command to resume.")
         print(msg, flush=True)
-        writer.write(step, "preempted", {"signal": stop.received})
+        writer.write(step, "preempted", {"signal": stopping})
         return {"preempted": True, "step": step, **final_eval}
     if not final_eval:  # resumed a finished run: report its metrics again
       final_eval = evaluate(state, step)

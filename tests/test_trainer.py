@@ -144,8 +144,10 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 75, out  # EX_TEMPFAIL: checkpoint saved, rerun to resume
   assert "Received SIGTERM: saved a checkpoint at step" in out
-  steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
-  assert len(steps) == 1 and 0 < steps[0] < 1000
+  listing = os.listdir(tmp_path / "checkpoints")
+  steps = [int(s) for s in listing if s.isdigit()]
+  assert len(steps) == 1 and 0 < steps[0] < 1000, (listing, out)
+  assert f"saved a checkpoint at step {steps[0]} " in out
 
 
 def _free_port():
