@@ -496,10 +496,12 @@ def select(rows: Sequence[Mapping[str, Any]], label: str, axis: str,
     if by[0][0] in row and row.get(axis) != label:
       groups.setdefault(tuple(_key(row.get(a)) for a in within), []).append(row)
 
-  def score(row):
-    return tuple((-1 if mode == "max" else 1) * float(row.get(metric, math.nan))
-                 if not math.isnan(float(row.get(metric, math.nan))) else math.inf
-                 for metric, mode in by)
+  def score(row):  # smaller is better; a missing or nan metric ranks last
+    out = []
+    for metric, mode in by:
+      value = float(row.get(metric, math.nan))
+      out.append(math.inf if math.isnan(value) else -value if mode == "max" else value)
+    return tuple(out)
 
   out = []
   for members in groups.values():

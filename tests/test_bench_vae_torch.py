@@ -69,6 +69,15 @@ def _with_random_biases(params):
       if jax.tree_util.keystr(path).endswith("['bias']") else v for path, v in leaves])
 
 
+def _peer(m, params=None):
+  """The PyTorch VAE for model config `m`, with our `params` copied in when given."""
+  peer = bench.make_torch_vae((m.image_size, m.image_size, m.channels), m.latent_dim,
+                              m.width, m.hidden)
+  if params is not None:
+    bench.load_flax_params(peer, params)
+  return peer
+
+
 @pytest.mark.parametrize("biases", ["initial", "random"])
 def test_torch_model_computes_ours_with_our_params(setup, biases):
   """Encoder mean / log-variance and decoder logits agree on real images."""
@@ -76,9 +85,7 @@ def test_torch_model_computes_ours_with_our_params(setup, biases):
   if biases == "random":
     params = _with_random_biases(params)
   m = config.model
-  peer = bench.make_torch_vae((m.image_size, m.image_size, m.channels), m.latent_dim,
-                              m.width, m.hidden)
-  bench.load_flax_params(peer, params)
+  peer = _peer(m, params)
   z = np.random.default_rng(1).normal(size=(len(x), m.latent_dim)).astype(np.float32)
   mean, log_var = model.apply({"params": params}, x, method=model.encode)
   logits, = model.apply({"params": params}, z, method=model.decode)
@@ -104,9 +111,7 @@ def test_torch_bound_terms_match_our_losses(setup):
   """Same x, same eps: log p(x|z) and KL as research.losses.elbo computes them."""
   config, model, params, _, binary, _ = setup
   m = config.model
-  peer = bench.make_torch_vae((m.image_size, m.image_size, m.channels), m.latent_dim,
-                              m.width, m.hidden)
-  bench.load_flax_params(peer, params)
+  peer = _peer(m, params)
   eps = np.random.default_rng(0).normal(size=(len(binary), m.latent_dim)).astype(np.float32)
   mean, log_var = model.apply({"params": params}, binary, method=model.encode)
   z = mean + jnp.exp(0.5 * log_var) * eps
@@ -124,8 +129,7 @@ def test_torch_init_follows_flax_defaults(setup):
   config, _, params, _, _, _ = setup
   m = config.model
   torch.manual_seed(0)
-  peer = bench.make_torch_vae((m.image_size, m.image_size, m.channels), m.latent_dim,
-                              m.width, m.hidden)
+  peer = _peer(m)
   ours = bench.flax_to_torch_state_dict(params)
   theirs = peer.state_dict()
   assert set(ours) == set(theirs)

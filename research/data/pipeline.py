@@ -63,10 +63,8 @@ def train_val_indices(labels: np.ndarray, k: int, seed: int,
 def split_holdout(arrays: Arrays, per_class: int, seed: int,
                   label_key: str = "label") -> tuple[dict, dict]:
   """Splits off `per_class` examples of each class as a validation set: (train, val)."""
-  val_idx = few_shot_indices(arrays[label_key], per_class, seed + 1)
-  keep = np.ones(len(arrays[label_key]), bool)
-  keep[val_idx] = False
-  return ({k: np.asarray(v)[keep] for k, v in arrays.items()},
+  train_idx, val_idx = train_val_indices(arrays[label_key], 0, seed, per_class)
+  return ({k: np.asarray(v)[train_idx] for k, v in arrays.items()},
           {k: np.asarray(v)[val_idx] for k, v in arrays.items()})
 
 
