@@ -141,30 +141,22 @@ def parse(spec) -> list:
                   f'got {type(spec).__name__}')
 
 
-def _num_chunks(n: int, most: int = 16) -> int:
-  """The largest divisor of n that is <= most."""
-  return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
-
-
 def _warp_materialized(images, mats, out_shape, *mode):
-  """`warp_affine_batch` in chunks of the batch under `lax.scan`.
+  """`warp_affine_batch`, its output stored once before the next stage.
 
-  Same values as one call. XLA on the CPU fuses the cheap interpolation
+  Same values as a plain call. XLA on the CPU fuses the cheap interpolation
   arithmetic into every consumer, so a colour op that reads the 3 channels
-  of each pixel for each output value recomputes the warp 3 times (~2x the
-  time of the warp). A scan's outputs are always materialized, which costs
-  one store of the warped batch instead.
+  of each pixel for each output value recomputes the warp (gathers
+  included) 3-9 times. The outputs of a `lax.cond` branch are always
+  materialized, so the warp runs inside one: both branches are the same
+  warp, so the (always true) predicate cannot change the result. Unlike a
+  `lax.scan` over chunks (used before), it needs no zero-filled output
+  buffer and runs as one parallel loop.
   """
-  n = images.shape[0]
-  k = _num_chunks(n)
-  if k == 1:
-    return geo.warp_affine_batch(images, mats, out_shape, *mode)
-  xs = (images.reshape((k, n // k) + images.shape[1:]),
-        mats.reshape(k, n // k, 3, 3))
-  _, out = jax.lax.scan(
-      lambda c, x: (c, geo.warp_affine_batch(x[0], x[1], out_shape, *mode)),
-      0, xs)
-  return out.reshape((n,) + out.shape[2:])
+  warp = lambda args: geo.warp_affine_batch(args[0], args[1], out_shape,
+                                            *mode)
+  return jax.lax.cond(jnp.all(jnp.isfinite(mats[:, 0, 0])), warp, warp,
+                      (images, mats))
 
 
 def _batched_stage(stage, last: bool = True):
