@@ -7,6 +7,10 @@ out; the conversion is timed. Reports images/s after compilation (median of
 repeats), every peer in the same run, and ratios to research.augment.
 
   python scripts/bench_augment.py [--repeats 5] [--shapes 256x32,64x224]
+      [--grid peers.png]
+
+Peers are timed in rounds (one call of each per round, the order rotating),
+so load that changes during the run falls on all of them alike.
 
 Peers that are not installed (or fail to import) are skipped and listed.
 """
@@ -132,18 +136,80 @@ def block(y):
 
 
 def time_peer(fn, x, repeats, budget_s):
+  """Median seconds per call of one peer alone (used by --policies)."""
+  return time_peers([fn], [x], repeats, budget_s)[0]
+
+
+def time_peers(fns, inputs, repeats, budget_s):
+  """[(median seconds per call, repeats)] per peer, timed in rounds.
+
+  Every peer is compiled / warmed up first; then each round times one call
+  of every peer (the order rotates by round), so a change in machine load
+  during the run falls on all peers alike. A peer whose call takes longer
+  than budget_s / repeats is timed fewer times (at least once).
+  """
   keys = [jax.random.key(i) for i in range(repeats + 1)]
-  block(fn(keys[0], x))  # compile / warm up
-  t0 = time.perf_counter()
-  block(fn(keys[0], x))
-  first = time.perf_counter() - t0
-  n = max(1, min(repeats, int(budget_s / max(first, 1e-3))))
-  times = []
-  for k in keys[1:n + 1]:
-    t = time.perf_counter()
-    block(fn(k, x))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times)), len(times)
+  counts, times = [], [[] for _ in fns]
+  for fn, x in zip(fns, inputs):
+    block(fn(keys[0], x))  # compile / warm up
+    t0 = time.perf_counter()
+    block(fn(keys[0], x))
+    first = time.perf_counter() - t0
+    counts.append(max(1, min(repeats, int(budget_s / max(first, 1e-3)))))
+  for r in range(repeats):
+    order = list(range(len(fns)))
+    order = order[r % len(order):] + order[:r % len(order)]
+    for i in order:
+      if len(times[i]) < counts[i]:
+        t = time.perf_counter()
+        block(fns[i](keys[r + 1], inputs[i]))
+        times[i].append(time.perf_counter() - t)
+  return [(float(np.median(t)), len(t)) for t in times]
+
+
+def to_nhwc(y):
+  """A peer's output as a float numpy [N, H, W, C] array."""
+  if hasattr(y, 'permute'):  # torch, NCHW
+    y = y.permute(0, 2, 3, 1).numpy()
+  return np.asarray(y, np.float32)
+
+
+def write_grid(path, makes, size, columns=6):
+  """One row per peer: `columns` augmentations of a real photo
+  (skimage.data.astronaut), so the work each peer does can be checked by eye
+  (e.g. augmax 0.4.1's saturation jitter doing nothing)."""
+  import skimage.data
+  from PIL import Image
+  photo = Image.fromarray(skimage.data.astronaut()).resize((size, size),
+                                                           Image.BILINEAR)
+  x = np.repeat(np.asarray(photo)[None], columns, axis=0)
+  rows, names = [], []
+  for name, make in makes:
+    try:
+      inp = jnp.asarray(x) if _is_jax(name) else x
+      rows.append(np.clip(to_nhwc(make(size)(jax.random.key(7), inp)), 0, 1))
+      names.append(name)
+    except Exception as e:  # A missing peer is listed, not fatal.
+      print(f'grid: {name} skipped: {type(e).__name__}: {e}'[:200])
+  pad = 4
+  label_w = 150
+  grid = np.ones((len(rows) * (size + pad), label_w + columns * (size + pad),
+                  3), np.float32)
+  for i, row in enumerate(rows):
+    for j, im in enumerate(row):
+      y, x0 = i * (size + pad), label_w + j * (size + pad)
+      grid[y:y + size, x0:x0 + size] = im[..., :3]
+  img = Image.fromarray((grid * 255).round().astype(np.uint8))
+  from PIL import ImageDraw
+  draw = ImageDraw.Draw(img)
+  for i, name in enumerate(names):
+    draw.text((4, i * (size + pad) + size // 2), name, fill=(0, 0, 0))
+  img.save(path)
+  print(f'wrote {path}: rows {names}')
+
+
+def _is_jax(name):
+  return name.split(' ')[0] in ('research.augment', 'dm_pix', 'augmax')
 
 
 def bench_policies(args, rng):
@@ -172,8 +238,14 @@ def main():
   p.add_argument('--policies', action='store_true',
                  help='time RandAugment / TrivialAugmentWide per_image vs '
                       'batch_slices sampling instead of the peers')
+  p.add_argument('--grid', default='',
+                 help='also write a PNG with each peer\'s output on a real '
+                      'photo (one row per peer) to this path')
   args = p.parse_args()
   rng = np.random.default_rng(0)
+  if args.grid:
+    write_grid(args.grid, [(n, m) for n, m, _ in PEERS],
+               int(args.shapes.split(',')[-1].split('x')[1]))
   print(f'jax {jax.__version__}, devices {jax.devices()}')
   if args.policies:
     return bench_policies(args, rng)
@@ -182,18 +254,22 @@ def main():
     n, s = (int(v) for v in shape.split('x'))
     x = rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)
     xj = jnp.asarray(x)
-    base = None
+    names, fns, inputs = [], [], []
     for name, make, params in PEERS:
       try:
         fn = make(s)
-        inp = xj if name.split(' ')[0] in ('research.augment', 'dm_pix',
-                                           'augmax') else x
-        med, reps = time_peer(fn, inp, args.repeats, args.budget_s)
+        inp = xj if _is_jax(name) else x
+        block(fn(jax.random.key(0), inp))
       except Exception as e:  # A missing or broken peer is reported.
         print(f'{n}x{s}: {name} skipped: {type(e).__name__}: {e}'[:200])
         continue
+      names.append((name, params))
+      fns.append(fn)
+      inputs.append(inp)
+    timed = time_peers(fns, inputs, args.repeats, args.budget_s)
+    base = n / timed[0][0]
+    for (name, params), (med, reps) in zip(names, timed):
       ips = n / med
-      base = ips if base is None else base
       rows.append((f'{n}x{s}x3', name, params, ips, reps, base / ips))
       print(f'{n}x{s}: {name:28s} {ips:10.0f} img/s  (median of {reps}); '
             f'research.augment is {base / ips:.2f}x', flush=True)

@@ -39,6 +39,11 @@ class PixelOp:
   fn: Callable
   channels: tuple | None = None
   batch_fn: Callable | None = None
+  # Optional split of `batch_fn` into a per-pixel head and the rest:
+  # batch_fn(keys, x) == batch_tail(keys, batch_head(keys, x)). `build` runs
+  # the head inside a preceding warp, before the warp's output is stored.
+  batch_head: Callable | None = None
+  batch_tail: Callable | None = None
 
   def __call__(self, key, image):
     _checks.check_image(self.name, image, self.channels)
@@ -381,22 +386,38 @@ def color_jitter_op(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0):
       img = op(k, img)
     return img
 
-  def batch_fn(keys, images):
+  def op_keys(keys):
+    return jax.vmap(lambda k: jax.random.split(k, max(len(ops), 1)))(keys)
+
+  def draw(op, keys):
+    return jax.vmap(op.fn.draw)(keys)
+
+  def batch_fn(keys, images, skip_brightness=False):
     # The same per-image keys and draws as `fn` under vmap.
-    op_keys = jax.vmap(lambda k: jax.random.split(k, max(len(ops), 1)))(keys)
+    ks = op_keys(keys)
     factors = {}
     for j, op in enumerate(ops):
       if op.name == 'hue':
-        images = jax.vmap(op)(op_keys[:, j], images)
+        images = jax.vmap(op)(ks[:, j], images)
       else:
-        factors[op.name] = jax.vmap(lambda k, op=op: op.fn.draw(k))(
-            op_keys[:, j])
-        if j + 1 == len(ops) or ops[j + 1].name == 'hue':
+        if not (skip_brightness and op.name == 'brightness'):
+          factors[op.name] = draw(op, ks[:, j])
+        if (j + 1 == len(ops) or ops[j + 1].name == 'hue') and factors:
           images = adjust_color_batch(images, **factors)
     return images
 
+  head = tail = None
+  if ops and ops[0].name == 'brightness':
+    # Brightness is per pixel: `build` applies it inside a preceding warp.
+    def head(keys, images):
+      b = draw(ops[0], op_keys(keys)[:, 0])
+      return adjust_color_batch(images, brightness=b)
+
+    def tail(keys, images):
+      return batch_fn(keys, images, skip_brightness=True)
+
   channels = (3,) if any(o.channels == (3,) for o in ops) else None
-  return PixelOp('color_jitter', fn, channels, batch_fn)
+  return PixelOp('color_jitter', fn, channels, batch_fn, head, tail)
 
 
 def grayscale_op():

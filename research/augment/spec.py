@@ -141,7 +141,7 @@ def parse(spec) -> list:
                   f'got {type(spec).__name__}')
 
 
-def _warp_materialized(images, mats, out_shape, *mode):
+def _warp_materialized(images, mats, out_shape, *mode, post=None):
   """`warp_affine_batch`, its output stored once before the next stage.
 
   Same values as a plain call. XLA on the CPU fuses the cheap interpolation
@@ -151,23 +151,30 @@ def _warp_materialized(images, mats, out_shape, *mode):
   materialized, so the warp runs inside one: both branches are the same
   warp, so the (always true) predicate cannot change the result. Unlike a
   `lax.scan` over chunks (used before), it needs no zero-filled output
-  buffer and runs as one parallel loop.
+  buffer and runs as one parallel loop. `post`: a per-pixel function applied
+  inside the branch, before the output is stored.
   """
-  warp = lambda args: geo.warp_affine_batch(args[0], args[1], out_shape,
-                                            *mode)
+  def warp(args):
+    out = geo.warp_affine_batch(args[0], args[1], out_shape, *mode)
+    return out if post is None else post(out)
+
   return jax.lax.cond(jnp.all(jnp.isfinite(mats[:, 0, 0])), warp, warp,
                       (images, mats))
 
 
-def _batched_stage(stage, last: bool = True):
+def _batched_stage(stage, last: bool = True, head=None):
   """Per-image op -> batched fn(key, images [N, H, W, C]) -> images.
 
   `last`: whether the stage ends the pipeline (a warp followed by other
   stages is materialized, see `_warp_materialized`).
+  `head`: for a warp, the next stage's per-pixel head (`PixelOp.batch_head`),
+  applied to the warp's output before it is stored; the stage then takes
+  `fn(key, images, head_key)`. For a pixel op, True runs only its
+  `batch_tail` (the head ran in the warp before it).
   """
   if isinstance(stage, GeometricOp):
 
-    def geometric(key, images):
+    def geometric(key, images, head_key=None):
       n, h, w, _ = images.shape
       keys = jax.random.split(key, n)
       mats = jax.vmap(lambda k: stage.matrix_fn(k, (h, w))[0])(keys)
@@ -176,21 +183,46 @@ def _batched_stage(stage, last: bool = True):
         if not jnp.issubdtype(images.dtype, jnp.floating):
           images = to_float(images)
         return jax.vmap(geo.apply_flips)(mats, images)
-      warp = geo.warp_affine_batch if last else _warp_materialized
-      return warp(images, mats, out_shape, stage.interpolation,
-                  stage.border or 'edge', stage.fill)
+      mode = (stage.interpolation, stage.border or 'edge', stage.fill)
+      if last:
+        return geo.warp_affine_batch(images, mats, out_shape, *mode)
+      post = None
+      if head is not None:
+        post = lambda x: head(jax.random.split(head_key, n), x)
+      return _warp_materialized(images, mats, out_shape, *mode, post=post)
 
     geometric.accepts_uint8 = not stage.is_flip
+    geometric.takes_head_key = head is not None
     return geometric
+
+  batch_fn = getattr(stage, 'batch_fn', None)
+  if head is True:
+    batch_fn = stage.batch_tail
 
   def pixel(key, images):
     keys = jax.random.split(key, images.shape[0])
-    if getattr(stage, 'batch_fn', None) is not None:
+    if batch_fn is not None:
       _checks.check_image(stage.name, images[0], stage.channels)
-      return stage.batch_fn(keys, images)
+      return batch_fn(keys, images)
     return jax.vmap(stage)(keys, images)
 
   return pixel
+
+
+def _stages(fused):
+  """Batched stages; a warp followed by a pixel op with a per-pixel head
+  runs that head before its output is stored."""
+  stages = []
+  for i, s in enumerate(fused):
+    nxt = fused[i + 1] if i + 1 < len(fused) else None
+    prev = fused[i - 1] if i > 0 else None
+    fuse_next = (isinstance(s, GeometricOp) and not s.is_flip and
+                 getattr(nxt, 'batch_head', None) is not None)
+    fused_prev = (isinstance(prev, GeometricOp) and not prev.is_flip and
+                  getattr(s, 'batch_head', None) is not None)
+    head = nxt.batch_head if fuse_next else (True if fused_prev else None)
+    stages.append(_batched_stage(s, i + 1 == len(fused), head))
+  return stages
 
 
 def to_float(images):
@@ -217,8 +249,7 @@ def build(spec):
     inside. Static shapes only, so it compiles once under jit.
   """
   fused = policies.fuse_geometric(parse(spec))
-  stages = [_batched_stage(s, i + 1 == len(fused)) for i, s in
-            enumerate(fused)]
+  stages = _stages(fused)
 
   def augment(key, images):
     if jnp.ndim(images) != 4:
@@ -235,7 +266,10 @@ def build(spec):
     for i, (k, stage) in enumerate(zip(keys, stages)):
       if not (i == 0 and getattr(stage, 'accepts_uint8', False)):
         images = to_float(images)
-      images = stage(k, images)
+      if getattr(stage, 'takes_head_key', False):
+        images = stage(k, images, keys[i + 1])
+      else:
+        images = stage(k, images)
     return images
 
   return augment

@@ -177,12 +177,22 @@ def test_diff_augment_translation_and_gradients():
     A.diff_augment(jax.random.key(0), x, 'colour')
 
 
-def test_fused_color_pipeline_equals_per_image_ops():
-  # build() warps in chunks and runs colour jitter as one batched pass; the
-  # result must equal the per-image ops applied one after another.
-  spec = 'rotate(20)|color_jitter(0.4, 0.4, 0.4, 0.1)'
+@pytest.mark.parametrize('spec,uint8', [
+    ('rotate(20)|color_jitter(0.4, 0.4, 0.4, 0.1)', False),
+    ('rotate(20, fill=0.6)|color_jitter(0.4, 0.4, 0.4, 0.1)', True),  # 153/255
+    ('rotate(20, border="reflect")|color_jitter(0.0, 0.4, 0.4)', True),
+])
+def test_fused_color_pipeline_equals_per_image_ops(spec, uint8):
+  # build() stores the warp once (inside a lax.cond), applies colour jitter's
+  # brightness inside the warp and the rest as one batched pass; the result
+  # must equal the per-image ops applied one after another.
   x = np.concatenate([BATCH, BATCH[:, ::-1]])[:, ::2, ::2]  # 8 of 16x16
-  out = np.asarray(jax.jit(A.build(spec))(jax.random.key(4), x))
+  if uint8:
+    x = (np.round(x * 255) / 255).astype(np.float32)
+    xin = np.round(x * 255).astype(np.uint8)
+  else:
+    xin = x
+  out = np.asarray(jax.jit(A.build(spec))(jax.random.key(4), xin))
   rot, jitter = A.parse(spec)
   k_rot, k_jit = jax.random.split(jax.random.key(4))
   ref = jax.jit(jax.vmap(lambda kr, kj, im: jitter(kj, rot(kr, im))))(
