@@ -1,0 +1,118 @@
+"""Stride-2 convs as stride-1 convs: same outputs and gradients as lax."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from research.models import strided_conv
+from research.models.vae import VAE
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _data(shape, kshape, seed=0):
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.normal(size=shape), jnp.float32),
+          jnp.asarray(rng.normal(size=kshape), jnp.float32))
+
+
+def _check(fast, ref, x, k):
+  np.testing.assert_allclose(fast(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  gf = jax.grad(loss(fast), (0, 1))(x, k)
+  gr = jax.grad(loss(ref), (0, 1))(x, k)
+  for a, b in zip(gf, gr):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('size,kernel,padding', [
+    (28, 4, 'SAME'), (14, 4, 'SAME'), (15, 4, 'SAME'), (16, 2, 'VALID'),
+    (13, 6, 'SAME'), (12, 4, ((1, 2), (0, 1))), (9, 4, 'VALID'),
+])
+def test_conv_s2d_matches_lax(size, kernel, padding):
+  x, k = _data((3, size, size + 1, 5), (kernel, kernel, 5, 7))
+  ref = lambda x, k: lax.conv_general_dilated(
+      x, k, (2, 2), padding, dimension_numbers=NHWC)
+  fast = lambda x, k: strided_conv.conv_s2d(
+      x, k, (2, 2), padding, dimension_numbers=NHWC)
+  _check(fast, ref, x, k)
+
+
+def test_conv_s2d_falls_back_for_other_convs():
+  x, k = _data((2, 9, 9, 3), (3, 3, 3, 4))
+  for strides in ((1, 1), (2, 2)):  # odd kernel: not rewritten
+    out = strided_conv.conv_s2d(x, k, strides, 'SAME',
+                                dimension_numbers=NHWC)
+    ref = lax.conv_general_dilated(x, k, strides, 'SAME',
+                                   dimension_numbers=NHWC)
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize('size,kernel,padding', [
+    (7, 4, 'SAME'), (14, 4, 'SAME'), (6, 3, 'SAME'), (5, 5, 'SAME'),
+    (7, 4, 'VALID'), (6, 2, 'SAME'), (4, 3, 'VALID'),
+])
+def test_conv_transpose_subpixel_matches_lax(size, kernel, padding):
+  x, k = _data((2, size, size + 2, 6), (kernel, kernel, 6, 3), seed=1)
+  ref = lambda x, k: lax.conv_transpose(x, k, (2, 2), padding,
+                                        dimension_numbers=NHWC)
+  fast = lambda x, k: strided_conv.conv_transpose_subpixel(
+      x, k, (2, 2), padding)
+  assert fast(x, k).shape == ref(x, k).shape
+  _check(fast, ref, x, k)
+
+
+def test_subpixel_module_is_flax_conv_transpose():
+  x, _ = _data((2, 7, 7, 8), (1, 1, 1, 1))
+  ref = nn.ConvTranspose(5, (4, 4), strides=(2, 2))
+  fast = strided_conv.SubpixelConvTranspose(5, (4, 4))
+  p_ref = ref.init(jax.random.key(3), x)
+  p_fast = fast.init(jax.random.key(3), x)
+  jax.tree.map(np.testing.assert_array_equal, p_ref, p_fast)
+  np.testing.assert_allclose(fast.apply(p_ref, x), ref.apply(p_ref, x),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('num_classes,likelihood', [(None, 'bernoulli'),
+                                                    (10, 'logistic')])
+def test_vae_fast_convs_same_params_and_function(num_classes, likelihood):
+  x = jnp.asarray(np.random.default_rng(2).random((4, 28, 28, 1)),
+                  jnp.float32)
+  y = jnp.arange(4) % 10
+  kw = dict(num_classes=num_classes, likelihood=likelihood)
+  fast, plain = VAE(**kw), VAE(fast_strided_convs=False, **kw)
+  labels = y if num_classes else None
+  p = plain.init(jax.random.key(0), x, labels, key=jax.random.key(1))
+  p_fast = fast.init(jax.random.key(0), x, labels, key=jax.random.key(1))
+  jax.tree.map(np.testing.assert_array_equal, p, p_fast)
+  out = lambda m: lambda p: m.apply(p, x, labels, key=jax.random.key(5))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-5),
+               out(fast)(p), out(plain)(p))
+  loss = lambda m: lambda p: jnp.sum(out(m)(p)[0][0] ** 2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-4),
+               jax.grad(loss(fast))(p), jax.grad(loss(plain))(p))
+
+
+@pytest.mark.parametrize('spectral_norm', [False, True])
+def test_gan_fast_convs_same_params_and_function(spectral_norm):
+  from research.models.gan import Discriminator, Generator
+  z = jnp.asarray(np.random.default_rng(3).normal(size=(4, 16)), jnp.float32)
+  y = jnp.arange(4) % 10
+  outs = []
+  for fast in (True, False):
+    g = Generator(width=8, conditioning='cbn', fast_strided_convs=fast)
+    d = Discriminator(width=8, conditional=True, spectral_norm=spectral_norm,
+                      fast_strided_convs=fast)
+    gv = g.init(jax.random.key(0), z, y)
+    x = g.apply(gv, z, y)
+    dv = d.init(jax.random.key(1), x, y)
+    grad = jax.grad(lambda p: jnp.sum(d.apply(
+        {**dv, 'params': p}, x, y, mutable=['batch_stats'])[0]))(dv['params'])
+    outs.append((gv, dv, x, d.apply(dv, x, y), grad))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-5),
+               outs[0], outs[1])
