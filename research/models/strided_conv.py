@@ -12,7 +12,9 @@ functions written as stride-1 convolutions run on the fast path:
 * `conv_transpose_subpixel`: a stride-2 transposed convolution is a stride-1
   convolution producing the 4 output phases as channels, then depth-to-space
   (the sub-pixel convolution of Shi et al. 2016), with zeros in the kernel
-  where a phase has no tap.
+  where a phase has no tap. (One conv per phase with only its taps does
+  2.25x fewer multiply-adds for kernel 4 but ran slower: 4 small convs and
+  the interleave cost more than the zeros, 212 vs 157 ms per VAE step.)
 
 Both take the parameters of the lax/Flax op they replace (HWIO kernels, NHWC
 inputs) and compute the same sums (in another order: values agree to float
