@@ -24,6 +24,7 @@ def gan_base() -> ml_collections.ConfigDict:
   c.n_critic = 1
   c.gp_weight = 0.0
   c.r1_weight = 0.0
+  c.class_weight = 0.0
   c.ema_decay = 0.999
   c.diff_augment = ""
   adam = dict(name="adam", lr=2e-4, b1=0.5, b2=0.999, schedule="constant",

@@ -14,7 +14,10 @@ Steps (each writes into --out, and results.json collects them):
      classifier's penultimate features (research.metrics.fid), beside the
      real-train vs real-test floor, with the classifier checkpoint's hash.
      Never compare these numbers with Inception FID.
-  4. VAE only (--iwae_k > 0): test NLL = -L_k (IWAE bound, k samples) in nats and
+  4. Label agreement: the fraction of the labelled samples that the frozen real
+     classifier assigns to the class they were generated for (per class too).
+     A quick check that a conditional model is class-consistent, which CAS needs.
+  5. VAE only (--iwae_k > 0): test NLL = -L_k (IWAE bound, k samples) in nats and
      bits/dim on the first --iwae_examples real test images.
 
 Wall time of every step is recorded in results.json.
@@ -57,6 +60,29 @@ def classifier_extractor(workdir: str):
   return fid.flax_classifier_features(
       name, task.model, variables, checkpoint_hash=fid.hash_path(ckpt),
       preprocess=lambda x: normalize(x, kind)), ckpt
+
+
+def label_agreement(workdir: str, images: np.ndarray, labels: np.ndarray,
+                    batch_size: int = 500) -> dict:
+  """How often a classify run's latest checkpoint predicts the conditioning label.
+
+  images: float [N, H, W, C] in [0, 1]; labels: int [N]. Returns the overall
+  agreement and one value per class (classes 0..max(labels)).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from research import trainer  # pylint: disable=g-import-not-at-top
+  from research.tasks.classify import normalize  # pylint: disable=g-import-not-at-top
+  task, state = trainer.load_state(workdir)
+  kind = task.config.get("input", {}).get("normalize", "unit")
+  predict = jax.jit(lambda x: jnp.argmax(
+      task.apply(state.params, state.batch_stats, normalize(x, kind), False)[0], -1))
+  pred = np.concatenate([np.asarray(predict(images[i:i + batch_size]))
+                         for i in range(0, len(images), batch_size)])
+  labels = np.asarray(labels)
+  return {"label_agreement": float(np.mean(pred == labels)),
+          "label_agreement_per_class": [float(np.mean(pred[labels == c] == c))
+                                        for c in range(int(labels.max()) + 1)]}
 
 
 def iwae_nll(workdir: str, k: int, num_examples: int, chunk: int = 50,
@@ -153,6 +179,14 @@ def main(argv=None) -> int:
     report["extractor_checkpoint"] = ckpt
     results.update(report)
     wall["fd_kid"] = time.time() - t
+    save()
+
+  if "label_agreement" not in results:
+    t = time.time()
+    with np.load(npz) as f:
+      results.update(label_agreement(args.classifier,
+                                     f["image"].astype(np.float32) / 255.0, f["label"]))
+    wall["label_agreement"] = time.time() - t
     save()
 
   if args.iwae_k and "nll_nats" not in results:

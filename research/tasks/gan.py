@@ -20,6 +20,10 @@ Config fields read here (beside the trainer's):
     spectral_norm, num_downsamples}
   loss ('non_saturating' | 'hinge' | 'least_squares' | 'wasserstein'),
   n_critic, gp_weight (WGAN-GP lambda), r1_weight (R1 gamma),
+  class_weight (conditional only: weight of a cross-entropy term that reads
+    the projection discriminator as a classifier, logits_c = <embed(c), h>:
+    D minimises it on real (image, label) pairs, G on its samples and their
+    labels; 0 = off, plain projection GAN),
   ema_decay, diff_augment (DiffAugment policy, '' = off),
   g_optimizer.*, d_optimizer.* (research.optim; separate learning rates).
 """
@@ -99,6 +103,10 @@ class GANTask(base.Task):
       raise ValueError(f"gan task: n_critic must be >= 1, got {self.n_critic}")
     self.gp_weight = config.get("gp_weight", 0.0)
     self.r1_weight = config.get("r1_weight", 0.0)
+    self.class_weight = config.get("class_weight", 0.0)
+    if self.class_weight and not self.conditional:
+      raise ValueError("gan task: class_weight needs model.conditional=True "
+                       "(it trains the projection discriminator's class embedding)")
     self.ema_decay = config.get("ema_decay", 0.999)
     self.policy = config.get("diff_augment", "")
     self.seed = config.get("seed", 0)
@@ -116,16 +124,36 @@ class GANTask(base.Task):
                                     mutable=["batch_stats"])
     return out, upd["batch_stats"]
 
-  def d_apply(self, params, batch_stats, images, labels, train: bool):
-    """Discriminator forward: (logits [N], new batch_stats)."""
+  def d_apply(self, params, batch_stats, images, labels, train: bool,
+              return_features: bool = False):
+    """Discriminator forward: (logits [N], new batch_stats); with
+    `return_features`, ((logits, pooled features [N, F]), new batch_stats)."""
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats
     if not train or not batch_stats:
-      return self.discriminator.apply(variables, images, self._labels(labels)), batch_stats
+      return self.discriminator.apply(variables, images, self._labels(labels),
+                                      return_features=return_features), batch_stats
     out, upd = self.discriminator.apply(variables, images, self._labels(labels),
-                                        train=True, mutable=["batch_stats"])
+                                        train=True, return_features=return_features,
+                                        mutable=["batch_stats"])
     return out, upd["batch_stats"]
+
+  @staticmethod
+  def class_logits(d_params, features):
+    """The projection discriminator read as a classifier: float32 [N, classes].
+
+    logit_c(x) = <embed(c), h(x)> for D's pooled features h(x) [N, F]: the
+    label-dependent part of D(x, c), so a softmax over c is D's belief about
+    x's class.
+    """
+    embed = d_params["projection"]["embedding"]
+    return (features @ embed.T).astype(jnp.float32)
+
+  def class_loss(self, d_params, features, labels):
+    """Mean cross-entropy of `class_logits` against int labels [N]."""
+    logits = self.class_logits(d_params, features)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
   def augment(self, keys, images):
     """DiffAugment with one key per example (so results ignore the device split)."""
@@ -197,9 +225,9 @@ class GANTask(base.Task):
     n = real.shape[0]
 
     def loss_fn(d_params):
-      logits, stats = self.d_apply(d_params, state.d_batch_stats,
-                                   jnp.concatenate([real_aug, fake_aug]),
-                                   jnp.concatenate([y_real, y_fake]), True)
+      (logits, features), stats = self.d_apply(
+          d_params, state.d_batch_stats, jnp.concatenate([real_aug, fake_aug]),
+          jnp.concatenate([y_real, y_fake]), True, return_features=True)
       real_logits, fake_logits = logits[:n], logits[n:]
       loss = adversarial.discriminator_loss(real_logits, fake_logits, self.loss_kind)
       d_real = lambda v: self.d_apply(d_params, stats, v, y_real, False)[0]
@@ -212,7 +240,12 @@ class GANTask(base.Task):
         penalty += 0.5 * self.r1_weight * adversarial.r1_penalty(d_real, real_aug)
       aux = {"d_loss": loss, "penalty": penalty,
              "d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits)}
-      return loss + penalty, (stats, aux)
+      total = loss + penalty
+      if self.class_weight:
+        d_class = self.class_loss(d_params, features[:n], y_real)
+        aux["d_class"] = d_class
+        total = total + self.class_weight * d_class
+      return total, (stats, aux)
 
     (_, (stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
     grads = lax.pmean(grads, AXIS)
@@ -228,11 +261,16 @@ class GANTask(base.Task):
     def loss_fn(g_params):
       fake, stats = self.g_apply(g_params, state.g_batch_stats, z, y_fake, True)
       fake_aug = self.augment(_fold_all(keys, 21), fake)
-      logits, _ = self.d_apply(state.d_params, state.d_batch_stats, fake_aug,
-                               y_fake, False)
-      return adversarial.generator_loss(logits, self.loss_kind), stats
+      (logits, features), _ = self.d_apply(state.d_params, state.d_batch_stats,
+                                           fake_aug, y_fake, False, return_features=True)
+      loss = adversarial.generator_loss(logits, self.loss_kind)
+      g_class = jnp.zeros(())
+      if self.class_weight:
+        g_class = self.class_loss(state.d_params, features, y_fake)
+      return loss + self.class_weight * g_class, (stats, (loss, g_class))
 
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+    (_, (stats, (loss, g_class))), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.g_params)
     grads = lax.pmean(grads, AXIS)
     updates, opt_state = self.g_tx.update(grads, state.g_opt_state, state.g_params)
     params = optax.apply_updates(state.g_params, updates)
@@ -243,7 +281,7 @@ class GANTask(base.Task):
                        state.ema_params, params)
     return state.replace(g_params=params, g_opt_state=opt_state,
                          g_batch_stats=lax.pmean(stats, AXIS),
-                         ema_params=ema), loss
+                         ema_params=ema), (loss, g_class)
 
   def train_step(self, state, batch, rng):
     del rng  # randomness is per (seed, step, global example): see module doc
@@ -256,9 +294,11 @@ class GANTask(base.Task):
     for i in range(self.n_critic):
       state, aux = self._d_update(state, real, y_real, _fold_all(keys, i))
       d_aux.append(aux)
-    state, g_loss = self._g_update(state, _fold_all(keys, self.n_critic))
+    state, (g_loss, g_class) = self._g_update(state, _fold_all(keys, self.n_critic))
     metrics = {k: jnp.mean(jnp.stack([a[k] for a in d_aux])) for k in d_aux[0]}
     metrics["g_loss"] = g_loss
+    if self.class_weight:
+      metrics["g_class"] = g_class
     metrics["loss"] = metrics["d_loss"] + g_loss
     return state.replace(step=state.step + 1), lax.pmean(metrics, AXIS)
 

@@ -9,7 +9,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research import data, parallel, trainer
 from research.config_lib import load
-from research.tasks.gan import GANTask
+from research.tasks.gan import GANTask, to_model_range
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 
@@ -50,8 +50,8 @@ def test_cgan_quick_trains_and_writes_a_sample_grid(tmp_path):
   assert {"d_loss", "g_loss", "d_real", "d_fake", "loss"} <= set(train_rows[-1])
 
 
-def _train_gan(num_devices, steps=3, global_batch=16):
-  config = _cgan_quick()
+def _train_gan(num_devices, steps=3, global_batch=16, config=None):
+  config = _cgan_quick() if config is None else config
   # Plain SGD: Adam divides by sqrt(v) and turns float round-off in tiny
   # gradients into lr-sized differences, which would hide real mismatches.
   for opt in (config.g_optimizer, config.d_optimizer):
@@ -109,3 +109,40 @@ def test_killed_gan_run_resumes_exactly(tmp_path):
   _, b = trainer.load_state(str(tmp_path / "resumed"))
   assert int(a.step) == int(b.step) == 4
   assert _max_diff(a, b) == 0.0
+
+
+def test_class_logits_are_the_label_dependent_part_of_the_projection_discriminator():
+  # class_weight's classifier is D read at every label: D(x, c) - D(x, 0)
+  # must equal logit_c(x) - logit_0(x) for the same images.
+  config = _cgan_quick()
+  config.class_weight = 1.0
+  task = GANTask(config)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+  state = task.init_state(jax.random.PRNGKey(0),
+                          {"image": images, "label": np.zeros(4, np.int32)})
+  x = to_model_range(images)
+  d = np.stack([task.d_apply(state.d_params, state.d_batch_stats, x,
+                             np.full(4, c, np.int32), False)[0] for c in range(10)], 1)
+  (_, features), _ = task.d_apply(state.d_params, state.d_batch_stats, x,
+                                  np.zeros(4, np.int32), False, return_features=True)
+  logits = np.asarray(task.class_logits(state.d_params, features))
+  assert logits.shape == (4, 10)
+  np.testing.assert_allclose(d - d[:, :1], logits - logits[:, :1], rtol=1e-4, atol=1e-4)
+
+
+def test_class_weight_adds_both_class_terms_and_needs_a_conditional_model():
+  config = _cgan_quick()
+  config.class_weight = 1.0
+  state, metrics = _train_gan(1, steps=1, config=config)
+  for key in ("d_class", "g_class"):  # cross-entropies: finite and positive
+    assert np.isfinite(metrics[key]) and float(metrics[key]) > 0
+  plain_state, plain = _train_gan(1, steps=1)
+  assert "d_class" not in plain and "g_class" not in plain
+  # The class terms reach both networks' updates.
+  assert _max_diff(state.d_params, plain_state.d_params) > 1e-6
+  assert _max_diff(state.g_params, plain_state.g_params) > 1e-6
+  unconditional = load(os.path.join(CONFIGS, "mnist5k_dcgan.py") + ":quick")
+  unconditional.class_weight = 1.0
+  with pytest.raises(ValueError, match="class_weight needs model.conditional"):
+    GANTask(unconditional)
