@@ -7,10 +7,10 @@ norm + projection discriminator, hinge loss, EMA generator, DiffAugment.
   python scripts/train.py --config configs/mnist5k_cgan.py:cpu --workdir runs/cgan
 
 Variants: quick (a few steps, tiny widths), cpu (generator width 32,
-discriminator width 16, one critic step, 6,000 steps, plus the class term
+discriminator width 16, one critic step, 9,000 steps, plus the class term
 `class_weight` = 1 and faster class parameters, see below: the default widths
 cost ~12 s per step on two shared CPU cores, this ~0.35 s on one idle core,
-~35 min in all), embed (label-embedding generator
+~50 min in all, less with the faster strided convs), embed (label-embedding generator
 instead of conditional BatchNorm), wgan_gp (Wasserstein loss + gradient
 penalty, no spectral norm), r1 (non-saturating loss + R1 penalty).
 """
@@ -60,7 +60,9 @@ def get_config(arg: str = ""):
     c.model.generator.width = 32
     c.model.discriminator.width = 16
     c.n_critic = 1
-    c.num_steps = 6000  # CAS 65.6% at 3,000 steps, 89.4 +- 0.7% at 6,000 (GENERATIVE.md)
+    # CAS (3 CAS-classifier seeds): 65.6% at 3,000 steps (one seed),
+    # 89.4 +- 0.7% at 6,000, 91.7 +- 0.5% at 9,000 (README, GENERATIVE.md).
+    c.num_steps = 9000
     # A few thousand steps need a strong class signal: at lr 1e-4 Adam moves
     # each per-class BatchNorm scale by ~1e-4 a step (~0.3 in 3,000), and
     # without a class term D's projection stayed near chance on real digits
