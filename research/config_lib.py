@@ -29,15 +29,21 @@ def data_config(name: str = "mnist5k", **fields: Any) -> ml_collections.ConfigDi
   return c
 
 
+def load_module(path: str, name: str = ""):
+  """The Python module of a file given by path (a config file, a script)."""
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  name = name or f"_config_{os.path.basename(path)[:-3]}"
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads 'configs/x.py' or 'configs/x.py:arg' by calling its get_config(arg)."""
   path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise ConfigError(f"config file {path!r} does not exist")
-  module_spec = importlib.util.spec_from_file_location(
-      f"_config_{os.path.basename(path)[:-3]}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path!r} has no get_config(arg) function")
   return module.get_config(arg) if arg else module.get_config()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
@@ -149,13 +148,8 @@ def override_flags(overrides: Overrides) -> list[str]:
 def load_module(path: str):
   """The Python module of a config file (for get_sweep / get_prerequisites)."""
   path = path.partition(":")[0]
-  if not os.path.exists(path):
-    raise config_lib.ConfigError(f"config file {path!r} does not exist")
-  spec = importlib.util.spec_from_file_location(
-      f"_sweep_config_{os.path.basename(path)[:-3]}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_module(
+      path, f"_sweep_config_{os.path.basename(path)[:-3]}")
 
 
 def sweep_from_config(spec: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:

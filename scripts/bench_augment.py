@@ -137,13 +137,15 @@ def block(y):
 
 def time_peer(fn, x, repeats, budget_s):
   """Median seconds per call of one peer alone (used by --policies)."""
+  block(fn(jax.random.key(0), x))  # compile
   return time_peers([fn], [x], repeats, budget_s)[0]
 
 
 def time_peers(fns, inputs, repeats, budget_s):
   """[(median seconds per call, repeats)] per peer, timed in rounds.
 
-  Every peer is compiled / warmed up first; then each round times one call
+  The peers must have been called once (compiled). One timed call each sets
+  how many repeats fit in the budget; then each round times one call
   of every peer (the order rotates by round), so a change in machine load
   during the run falls on all peers alike. A peer whose call takes longer
   than budget_s / repeats is timed fewer times (at least once).
@@ -151,7 +153,6 @@ def time_peers(fns, inputs, repeats, budget_s):
   keys = [jax.random.key(i) for i in range(repeats + 1)]
   counts, times = [], [[] for _ in fns]
   for fn, x in zip(fns, inputs):
-    block(fn(keys[0], x))  # compile / warm up
     t0 = time.perf_counter()
     block(fn(keys[0], x))
     first = time.perf_counter() - t0
@@ -179,7 +180,7 @@ def write_grid(path, makes, size, columns=6):
   (skimage.data.astronaut), so the work each peer does can be checked by eye
   (e.g. augmax 0.4.1's saturation jitter doing nothing)."""
   import skimage.data
-  from PIL import Image
+  from PIL import Image, ImageDraw
   photo = Image.fromarray(skimage.data.astronaut()).resize((size, size),
                                                            Image.BILINEAR)
   x = np.repeat(np.asarray(photo)[None], columns, axis=0)
@@ -200,7 +201,6 @@ def write_grid(path, makes, size, columns=6):
       y, x0 = i * (size + pad), label_w + j * (size + pad)
       grid[y:y + size, x0:x0 + size] = im[..., :3]
   img = Image.fromarray((grid * 255).round().astype(np.uint8))
-  from PIL import ImageDraw
   draw = ImageDraw.Draw(img)
   for i, name in enumerate(names):
     draw.text((4, i * (size + pad) + size // 2), name, fill=(0, 0, 0))
@@ -259,7 +259,7 @@ def main():
       try:
         fn = make(s)
         inp = xj if _is_jax(name) else x
-        block(fn(jax.random.key(0), inp))
+        block(fn(jax.random.key(0), inp))  # compile; a broken peer fails here
       except Exception as e:  # A missing or broken peer is reported.
         print(f'{n}x{s}: {name} skipped: {type(e).__name__}: {e}'[:200])
         continue

@@ -1,5 +1,4 @@
 """scripts/bench_vae_torch.py's PyTorch VAE is our VAE: same layers, init, loss, schedule."""
-import importlib.util
 import math
 import os
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from research import data, optim
+from research import config_lib, data, optim
 from research.losses import elbo as elbo_lib
 from research.models import vae
 
@@ -18,15 +17,8 @@ pytestmark = pytest.mark.torch
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
-def _script():
-  path = os.path.join(REPO, "scripts", "bench_vae_torch.py")
-  spec = importlib.util.spec_from_file_location("_bench_vae_torch", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _script()
+bench = config_lib.load_module(os.path.join(REPO, "scripts", "bench_vae_torch.py"),
+                               "_bench_vae_torch")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,7 +7,6 @@ no other image, and every arm of a (k, seed) shares one generator.
 import collections
 import csv
 import hashlib
-import importlib.util
 import json
 import os
 
@@ -20,11 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "completion.py")
 
 
-def _module(path, name):
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+_module = config_lib.load_module
 
 
 completion = _module(CONFIG, "_test_completion_config")

@@ -1,5 +1,4 @@
 """scripts/generative_eval.py's label agreement: classifier predictions vs conditioning labels."""
-import importlib.util
 import os
 import types
 
@@ -7,17 +6,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import trainer
+from research import config_lib, trainer
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
 def _script():
-  path = os.path.join(REPO, "scripts", "generative_eval.py")
-  spec = importlib.util.spec_from_file_location("_generative_eval", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_module(os.path.join(REPO, "scripts", "generative_eval.py"),
+                                "_generative_eval")
 
 
 def test_label_agreement_counts_predictions_equal_to_the_conditioning_label(monkeypatch):

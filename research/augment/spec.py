@@ -212,15 +212,13 @@ def _batched_stage(stage, last: bool = True, head=None):
 def _stages(fused):
   """Batched stages; a warp followed by a pixel op with a per-pixel head
   runs that head before its output is stored."""
+  fuses = [isinstance(a, GeometricOp) and not a.is_flip and
+           getattr(b, 'batch_head', None) is not None
+           for a, b in zip(fused, fused[1:])] + [False]
   stages = []
   for i, s in enumerate(fused):
-    nxt = fused[i + 1] if i + 1 < len(fused) else None
-    prev = fused[i - 1] if i > 0 else None
-    fuse_next = (isinstance(s, GeometricOp) and not s.is_flip and
-                 getattr(nxt, 'batch_head', None) is not None)
-    fused_prev = (isinstance(prev, GeometricOp) and not prev.is_flip and
-                  getattr(s, 'batch_head', None) is not None)
-    head = nxt.batch_head if fuse_next else (True if fused_prev else None)
+    head = (fused[i + 1].batch_head if fuses[i] else
+            True if i > 0 and fuses[i - 1] else None)
     stages.append(_batched_stage(s, i + 1 == len(fused), head))
   return stages
 
