@@ -129,6 +129,9 @@ def main(argv=None) -> int:
   parser.add_argument("--iwae_examples", type=int, default=1000)
   parser.add_argument("--skip_cas", action="store_true")
   args = parser.parse_args(argv)
+  # The steps below run other scripts from the repository root: paths must not be relative.
+  args.generator, args.classifier, args.out = map(
+      os.path.abspath, (args.generator, args.classifier, args.out))
   os.makedirs(args.out, exist_ok=True)
   results_path = os.path.join(args.out, "results.json")
   results = {}

@@ -32,7 +32,8 @@ class Row:
   bits: int            # 32 for float
   bytes_stored: int    # all variables as stored (dense arrays, int8 kernels)
   bytes_sparse: int    # kernels as bitmap + nonzero values (pruned rows)
-  accuracy: float      # in [0, 1]
+  accuracy: float      # in [0, 1], on the main eval split
+  val_accuracy: float | None = None  # on the validation split, when there is one
 
 
 def accuracy(apply_fn: Callable, variables: Any, batches: Iterable[Batch]) -> float:
@@ -99,6 +100,7 @@ def finetune(forward: Callable, variables: Any, batches: Iterable[Batch],
 def compress_and_evaluate(
     apply_fn: Callable, variables: Any, eval_batches: Callable[[], Iterable[Batch]],
     calib_batches: Sequence[Any], *, model: str = "model",
+    val_batches: Callable[[], Iterable[Batch]] | None = None,
     sparsities: Sequence[float] = (0.5, 0.75, 0.9),
     n_m: Sequence[str] = ("2:4",), bits: Sequence[int] = (8, 4),
     calibration: Sequence[str] = ("minmax", "percentile"),
@@ -109,6 +111,8 @@ def compress_and_evaluate(
   Args:
     apply_fn, variables: the trained float classifier.
     eval_batches: returns a fresh iterable of eval batches each call.
+    val_batches: the same for a validation split (optional): every row then
+      also has `val_accuracy`.
     calib_batches: a few image batches for activation calibration.
     sparsities / n_m: unstructured sparsities and N:M patterns to try.
     bits / calibration: PTQ bit widths and calibration methods.
@@ -118,11 +122,16 @@ def compress_and_evaluate(
   Returns:
     The rows of the table, float baseline first.
   """
+  def evaluate(fn, v):
+    """(accuracy on eval_batches, accuracy on val_batches or None)."""
+    val = accuracy(fn, v, val_batches()) if val_batches is not None else None
+    return accuracy(fn, v, eval_batches()), val
+
   sel = pruning.prunable(variables["params"], pruning.SparsityConfig())
   dense_bytes = quant.stored_bytes(variables)
   other_bytes = dense_bytes - quant.stored_bytes(variables["params"])
   rows = [Row(model, "float", 0.0, "-", 32, dense_bytes, dense_bytes,
-              accuracy(apply_fn, variables, eval_batches()))]
+              *evaluate(apply_fn, variables))]
 
   def prune_rows(cfg):
     pruned = {**variables, "params": pruning.prune(variables["params"], cfg)}
@@ -134,7 +143,7 @@ def compress_and_evaluate(
     rep = pruning.sparsity_report(pruned["params"])
     rows.append(Row(model, method, rep["_total"], cfg.pattern, 32, dense_bytes,
                     sparse_bytes(pruned["params"], sel) + other_bytes,
-                    accuracy(apply_fn, pruned, eval_batches())))
+                    *evaluate(apply_fn, pruned)))
 
   for s in sparsities:
     prune_rows(pruning.SparsityConfig(sparsity=s))
@@ -147,9 +156,9 @@ def compress_and_evaluate(
     ranges = quant.calibrate(apply_fn, variables, calib_batches, method)
     for b in bits:
       qv = quant.quantize_variables(variables, ranges, b)
-      acc = accuracy(quant.integer_apply(apply_fn, b), qv, eval_batches())
       rows.append(Row(model, f"ptq ({method})", 0.0, "-", b,
-                      quant.stored_bytes(qv), quant.stored_bytes(qv), acc))
+                      quant.stored_bytes(qv), quant.stored_bytes(qv),
+                      *evaluate(quant.integer_apply(apply_fn, b), qv)))
 
   if finetune_steps and train_batches is not None:
     for b in bits:
@@ -158,21 +167,77 @@ def compress_and_evaluate(
                             optax.adam(lr))
       ranges = quant.calibrate(apply_fn, trained, calib_batches, "minmax")
       qv = quant.quantize_variables(trained, ranges, b)
-      acc = accuracy(quant.integer_apply(apply_fn, b), qv, eval_batches())
       rows.append(Row(model, f"qat + {finetune_steps} steps", 0.0, "-", b,
-                      quant.stored_bytes(qv), quant.stored_bytes(qv), acc))
+                      quant.stored_bytes(qv), quant.stored_bytes(qv),
+                      *evaluate(quant.integer_apply(apply_fn, b), qv)))
   return rows
 
 
 def to_markdown(rows: Sequence[Row]) -> str:
-  """A markdown table of `rows`."""
+  """A markdown table of `rows` (a validation column when the rows have one)."""
+  val = any(r.val_accuracy is not None for r in rows)
   head = ("| model | method | pattern | sparsity | bits | bytes stored | "
-          "bytes sparse | test accuracy |\n|---|---|---|---|---|---|---|---|")
+          "bytes sparse | test accuracy |" + (" val accuracy |" if val else "")
+          + "\n|---|---|---|---|---|---|---|---|" + ("---|" if val else ""))
   lines = [head]
   for r in rows:
-    lines.append(f"| {r.model} | {r.method} | {r.pattern} | {r.sparsity:.3f} | "
-                 f"{r.bits} | {r.bytes_stored} | {r.bytes_sparse} | "
-                 f"{r.accuracy:.4f} |")
+    line = (f"| {r.model} | {r.method} | {r.pattern} | {r.sparsity:.3f} | "
+            f"{r.bits} | {r.bytes_stored} | {r.bytes_sparse} | {r.accuracy:.4f} |")
+    if val:
+      line += f" {r.val_accuracy:.4f} |" if r.val_accuracy is not None else " |"
+    lines.append(line)
+  return "\n".join(lines)
+
+
+def summarize(runs: Sequence[Sequence[Row]]) -> list[dict[str, Any]]:
+  """Mean and sample std of each row over several runs (e.g. training seeds).
+
+  Args:
+    runs: one list of rows per run, all from the same compression settings, so
+      row i is the same method in every run.
+  Returns:
+    One dict per row: model, method, pattern, bits, n, the mean sparsity and
+    byte counts, accuracy_mean / accuracy_std (and val_accuracy_* when every
+    run has a validation accuracy). std is 0 for a single run.
+  """
+  if not runs:
+    raise ValueError("compress.report.summarize: no runs")
+  keys = [[(r.method, r.pattern, r.bits) for r in rows] for rows in runs]
+  for i, k in enumerate(keys[1:], 1):
+    if k != keys[0]:
+      raise ValueError(f"compress.report.summarize: run {i} has rows {k}, run 0 has {keys[0]}; "
+                       "summarize runs made with the same settings")
+  out = []
+  for column in zip(*runs):
+    r0 = column[0]
+    entry = {"model": r0.model, "method": r0.method, "pattern": r0.pattern, "bits": r0.bits,
+             "n": len(column)}
+    for name in ("sparsity", "bytes_stored", "bytes_sparse"):
+      entry[name] = float(np.mean([getattr(r, name) for r in column]))
+    names = ["accuracy"] + (["val_accuracy"] if all(r.val_accuracy is not None
+                                                    for r in column) else [])
+    for name in names:
+      values = np.array([getattr(r, name) for r in column], np.float64)
+      entry[f"{name}_mean"] = float(values.mean())
+      entry[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    out.append(entry)
+  return out
+
+
+def summary_markdown(summary: Sequence[dict[str, Any]]) -> str:
+  """A markdown table of `summarize`'s output: accuracy as mean ± std over n runs."""
+  val = all("val_accuracy_mean" in e for e in summary)
+  lines = ["| method | pattern | sparsity | bits | bytes stored | bytes sparse | "
+           "test accuracy (mean ± std) |" + (" val accuracy (mean ± std) |" if val else "")
+           + " n |",
+           "|---|---|---|---|---|---|---|" + ("---|" if val else "") + "---|"]
+  for e in summary:
+    line = (f"| {e['method']} | {e['pattern']} | {e['sparsity']:.3f} | {e['bits']} | "
+            f"{e['bytes_stored']:,.0f} | {e['bytes_sparse']:,.0f} | "
+            f"{e['accuracy_mean']:.4f} ± {e['accuracy_std']:.4f} |")
+    if val:
+      line += f" {e['val_accuracy_mean']:.4f} ± {e['val_accuracy_std']:.4f} |"
+    lines.append(line + f" {e['n']} |")
   return "\n".join(lines)
 
 

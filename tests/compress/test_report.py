@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from research.compress import report
 
@@ -77,3 +78,41 @@ def test_compress_and_evaluate_end_to_end(tmp_path):
   assert md.count("\n") == len(rows) + 1
   report.plot_accuracy_vs_sparsity(rows, str(tmp_path / "acc.png"))
   assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_val_batches_give_every_row_a_val_accuracy():
+  model = _CNN()
+  x, y = _data(128, 0)
+  v = jax.jit(model.init)(jax.random.key(0), x[:1])
+  evals = lambda: [(x[:64], y[:64], np.ones(64))]
+  vals = lambda: [(x[64:], y[64:], np.ones(64))]
+  rows = report.compress_and_evaluate(model.apply, v, evals, [x[:32]], val_batches=vals,
+                                      sparsities=(0.5,), n_m=(), bits=(8,),
+                                      calibration=("minmax",))
+  want = report.accuracy(model.apply, v, vals())
+  assert rows[0].val_accuracy == want
+  assert all(r.val_accuracy is not None for r in rows)
+  assert "val accuracy" in report.to_markdown(rows)
+
+
+def test_summarize_against_numpy():
+  rng = np.random.default_rng(0)
+  acc = rng.uniform(0.8, 1.0, size=(3, 2))
+  runs = [[report.Row("m", "float", 0.0, "-", 32, 100, 100, acc[s, 0], acc[s, 0] - 0.01),
+           report.Row("m", "ptq (minmax)", 0.0, "-", 8, 25, 25, acc[s, 1], None)]
+          for s in range(3)]
+  summary = report.summarize(runs)
+  assert [e["method"] for e in summary] == ["float", "ptq (minmax)"]
+  np.testing.assert_allclose(summary[0]["accuracy_mean"], acc[:, 0].mean())
+  np.testing.assert_allclose(summary[1]["accuracy_std"], np.std(acc[:, 1], ddof=1))
+  np.testing.assert_allclose(summary[0]["val_accuracy_std"], np.std(acc[:, 0] - 0.01, ddof=1))
+  assert "val_accuracy_mean" not in summary[1]  # not every run has one
+  assert summary[0]["n"] == 3
+  assert "±" in report.summary_markdown(summary)
+
+
+def test_summarize_refuses_runs_with_different_rows():
+  a = [report.Row("m", "float", 0.0, "-", 32, 1, 1, 0.9)]
+  b = [report.Row("m", "ptq (minmax)", 0.0, "-", 8, 1, 1, 0.9)]
+  with pytest.raises(ValueError, match="same settings"):
+    report.summarize([a, b])
