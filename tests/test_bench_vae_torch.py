@@ -1,4 +1,4 @@
-"""scripts/bench_vae_torch.py's PyTorch VAE is our VAE: same layers, init, loss, schedule."""
+"""benchmarks/bench_vae_torch.py's PyTorch VAE is our VAE: same layers, init, loss, schedule."""
 import math
 import os
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.torch
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
-bench = config_lib.load_module(os.path.join(REPO, "scripts", "bench_vae_torch.py"),
+bench = config_lib.load_module(os.path.join(REPO, "benchmarks", "bench_vae_torch.py"),
                                "_bench_vae_torch")
 
 

@@ -189,7 +189,7 @@ def depthwise_conv2d_shifted(x, kernel, stride: int):
   (Eigen and YNNPACK alike), for the forward pass and the input gradient;
   k*k multiply-adds of shifted slices fuse into loops over the output instead
   (10-25x faster per layer at 128 x 64x64 inputs; see
-  scripts/profile_efficientnet.py and research/transfer/README.md). The
+  benchmarks/profile_efficientnet.py and research/transfer/README.md). The
   input gradient is the same sum over the gradient, dilated by the stride and
   padded, with the kernel flipped; the kernel gradient is
   `depthwise_conv2d`'s.

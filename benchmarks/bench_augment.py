@@ -6,7 +6,7 @@ Pipeline: random horizontal flip, random rotation in [-15, 15] degrees
 out; the conversion is timed. Reports images/s after compilation (median of
 repeats), every peer in the same run, and ratios to research.augment.
 
-  python scripts/bench_augment.py [--repeats 5] [--shapes 256x32,64x224]
+  python benchmarks/bench_augment.py [--repeats 5] [--shapes 256x32,64x224]
       [--grid peers.png]
 
 Peers are timed in rounds (one call of each per round, the order rotating),

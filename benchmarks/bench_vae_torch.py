@@ -4,7 +4,7 @@ Issue 4's check of the VAE against a peer: test ELBO (nats, on the 1,000
 mnist5k test images) of each and whether they agree within 1 nat, and
 wall-clock seconds per epoch as a ratio torch / ours.
 
-  python scripts/bench_vae_torch.py [--epochs 40] [--seeds 0,1,2] [--threads 2] \
+  python benchmarks/bench_vae_torch.py [--epochs 40] [--seeds 0,1,2] [--threads 2] \
       [--out runs/bench_vae_torch] [--copy_init]
 
 The peer is a plain PyTorch script (`make_torch_vae`, below), not pythae:

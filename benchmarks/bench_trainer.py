@@ -6,7 +6,7 @@ same in-memory data. The trainer's steady-state step time is measured as
 compilation and the final eval/checkpoint; the minimal loop is timed after
 compilation. Medians over repeats; overhead = ratio - 1.
 
-  python scripts/bench_trainer.py [--steps 100] [--repeats 3] [--config configs/mnist5k_classify.py]
+  python benchmarks/bench_trainer.py [--steps 100] [--repeats 3] [--config configs/mnist5k_classify.py]
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 the shifted-sum kernel gradient used by research.models.efficientnet_lite,
 and PyTorch's depthwise conv. 32 x 56 x 56 x 144, 3x3, stride 1.
 
-  python scripts/bench_depthwise_grad.py
+  python benchmarks/bench_depthwise_grad.py
 """
 import time
 

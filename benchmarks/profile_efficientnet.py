@@ -1,6 +1,6 @@
 r"""Per-op-category profile of one EfficientNet-Lite0 train step, Flax vs PyTorch.
 
-Same step as scripts/bench_efficientnet.py (forward in training mode,
+Same step as benchmarks/bench_efficientnet.py (forward in training mode,
 softmax cross-entropy, backward, SGD with momentum). Both are run in one
 process, steps interleaved; then
 
@@ -18,7 +18,7 @@ durations (for XLA, thunks on different threads can overlap, so the sum can
 exceed the wall time; the wall time of the traced and of the timed steps is
 printed beside it).
 
-  python scripts/profile_efficientnet.py --batch 128 --res 64 --out /tmp/effnet_prof
+  python benchmarks/profile_efficientnet.py --batch 128 --res 64 --out /tmp/effnet_prof
 
 `--reanalyse` re-reads the data saved in `--out` and prints the tables
 again without running anything. `--shifted_depthwise` profiles the model

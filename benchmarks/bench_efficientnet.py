@@ -6,7 +6,7 @@ backward, SGD with momentum 0.9. Steps alternate between the two frameworks
 so that load from other processes hits both alike; after warm-up the median
 of the timed steps is reported.
 
-  python scripts/bench_efficientnet.py --configs=32x224,128x64 --repeats=5
+  python benchmarks/bench_efficientnet.py --configs=32x224,128x64 --repeats=5
 
 `--xla_depthwise` adds a Flax column with XLA's own grouped-conv kernel
 gradient (the model's `fast_depthwise_grad=False`), the slow path on CPU.
