@@ -7,275 +7,226 @@ Reads both formats `torch.save` writes:
     pickles (magic number, protocol, system info, the object, the storage
     keys) followed by each storage as an int64 element count and raw bytes.
 
-Pickle runs whatever callables the file names, so the object pickle is read
-with a RESTRICTED unpickler: only the globals a state dict needs are resolved
-(an OrderedDict, the tensor/parameter rebuild functions and storage types),
-each mapped to a local stand-in, never to torch. Any other global, and any
-persistent id other than a tensor storage (e.g. a whole pickled nn.Module),
-is refused with `UnsafeCheckpointError` before anything is called.
+Pickle runs whatever callables the file names, so the pickles are read by
+`safe_pickle.SafeUnpickler`, a separate pickle machine that builds plain data
+itself and lets no opcode touch an object it did not build in this load. Only
+the globals a state dict needs resolve (an OrderedDict, the tensor/parameter
+rebuild functions and storage types), each to a NEW local stand-in per load
+(`torch_pickle`), never to torch. Any other global, and any persistent id
+other than a tensor storage (e.g. a whole pickled nn.Module), raises
+`UnsafeCheckpointError` before anything is called.
+
+Sizes are bounded before memory is spent: each storage is read only up to the
+size its pickle declares (numel x itemsize; a zip member whose header or
+inflated stream is larger is refused), and the pickle, the storages and the
+returned arrays each stay under `max_bytes`. Every malformed file raises
+`CheckpointError` (a ValueError) naming the file, the member and the fault.
 """
 from __future__ import annotations
 
-import collections
-import dataclasses
+import contextlib
 import io
 import os
-import pickle
 import struct
 import zipfile
+import zlib
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from research.transfer import torch_pickle
+from research.transfer.safe_pickle import (  # noqa: F401
+    MAX_DEPTH, CheckpointError, SafeUnpickler, UnsafeCheckpointError)
+from research.transfer.torch_pickle import (ALLOWED_GLOBALS,  # noqa: F401
+                                            STORAGE_DTYPES)
+
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL = 1001
+DEFAULT_MAX_BYTES = 4 * 2**30  # 4 GiB; EfficientNet-Lite0 needs 19 MB
+_CHUNK = 2**20  # zip members are inflated 1 MiB at a time
 
-# torch storage class name -> numpy dtype (little-endian, as torch writes).
-STORAGE_DTYPES = {
-    "DoubleStorage": np.dtype("<f8"),
-    "FloatStorage": np.dtype("<f4"),
-    "HalfStorage": np.dtype("<f2"),
-    "LongStorage": np.dtype("<i8"),
-    "IntStorage": np.dtype("<i4"),
-    "ShortStorage": np.dtype("<i2"),
-    "CharStorage": np.dtype("i1"),
-    "ByteStorage": np.dtype("u1"),
-    "BoolStorage": np.dtype("?"),
-    "UntypedStorage": np.dtype("u1"),
-}
+# Errors of the standard library that a malformed file can provoke.
+_FOREIGN_ERRORS = (EOFError, struct.error, zipfile.BadZipFile, zlib.error,
+                   OverflowError, LookupError, TypeError, ValueError,
+                   RuntimeError, OSError)
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
-  """The checkpoint asks for something a state dict never needs."""
+@contextlib.contextmanager
+def _located(path: str, member: str):
+  """Names `path` and `member` in any error raised inside."""
+  try:
+    yield
+  except CheckpointError as e:
+    raise e.at(path, member) from None
+  except _FOREIGN_ERRORS as e:
+    raise CheckpointError(f"{type(e).__name__}: {str(e)[:300]}", path,
+                          member) from e
 
 
-@dataclasses.dataclass(frozen=True)
-class _StorageType:
-  name: str
-
-  @property
-  def dtype(self) -> np.dtype:
-    return STORAGE_DTYPES[self.name]
-
-
-@dataclasses.dataclass
-class _Storage:
-  """A storage named in the pickle; its bytes are attached afterwards."""
-  key: str
-  dtype: np.dtype
-  numel: int
-  data: np.ndarray | None = None  # 1-D, dtype `dtype`, length `numel`
-
-
-@dataclasses.dataclass
-class _Tensor:
-  """A strided view of a storage, materialised once the bytes are read."""
-  storage: _Storage
-  offset: int
-  shape: tuple[int, ...]
-  stride: tuple[int, ...]
-
-  def numpy(self) -> np.ndarray:
-    data = self.storage.data
-    if data is None:
-      raise ValueError(f"torch_checkpoint: storage {self.storage.key!r} has "
-                       "no data in the file")
-    if not self.shape:
-      return np.array(data[self.offset])
-    extent = self.offset + 1 + sum((n - 1) * s for n, s in
-                                   zip(self.shape, self.stride) if n > 0)
-    if min(self.shape) > 0 and (extent > data.size or
-                                min(self.stride) < 0 or self.offset < 0):
-      raise ValueError(
-          f"torch_checkpoint: tensor of shape {self.shape}, stride "
-          f"{self.stride}, offset {self.offset} reads past storage "
-          f"{self.storage.key!r} of {data.size} elements")
-    view = np.lib.stride_tricks.as_strided(
-        data[self.offset:], shape=self.shape,
-        strides=[s * data.itemsize for s in self.stride], writeable=False)
-    return np.array(view)  # a contiguous copy that owns its memory
+def _flatten(obj: dict, max_bytes: int, path: str,
+             member: str) -> dict[str, np.ndarray]:
+  """{dotted name: array}, depth-first in file order, bounded in size."""
+  out: dict[str, np.ndarray] = {}
+  total, seen = 0, {id(obj)}
+  todo = [("", iter(obj.items()))]
+  while todo:
+    prefix, items = todo[-1]
+    entry = next(items, None)
+    if entry is None:
+      todo.pop()
+      continue
+    key, value = entry
+    with _located(path, member):
+      if not isinstance(key, str):
+        raise CheckpointError(f"expected string keys, got a "
+                              f"{type(key).__name__} under {prefix!r:.200}")
+      name = f"{prefix}.{key}" if prefix else key
+      if isinstance(value, dict):
+        if id(value) in seen or len(todo) >= MAX_DEPTH:
+          raise CheckpointError(f"dict {name!r:.200} is shared, cyclic or "
+                                f"nested deeper than {MAX_DEPTH}")
+        seen.add(id(value))
+        todo.append((name, iter(value.items())))
+      elif isinstance(value, torch_pickle.Tensor):
+        total += value.nbytes
+        if name in out or total > max_bytes:
+          raise CheckpointError(
+              f"tensor {name!r:.200} appears twice" if name in out else
+              f"the tensors reach {total} bytes at {name!r:.200}, more than "
+              f"max_bytes={max_bytes}")
+        out[name] = value.numpy()
+      # Other plain values (epochs, config strings, ...) are not tensors.
+  return out
 
 
-def _check_ints(what: str, values) -> tuple[int, ...]:
-  if not isinstance(values, (tuple, list)) or not all(
-      isinstance(v, int) for v in values):
-    raise UnsafeCheckpointError(f"torch_checkpoint: {what} must be a tuple of "
-                                f"ints, got {values!r}")
-  return tuple(values)
+def _read_member(zf: zipfile.ZipFile, name: str, size: int | None,
+                 max_bytes: int) -> bytearray:
+  """Member `name`, never inflated past `size` (default: its header's).
+
+  Memory grows with the bytes actually inflated, not with what a header
+  claims; a header that understates the member is caught by its compressed
+  size, and the stream is cut at `size` bytes whatever the header says.
+  """
+  try:
+    info = zf.getinfo(name)
+  except KeyError:
+    raise CheckpointError("the member is missing from the zip") from None
+  if size is not None and info.file_size != size:
+    raise CheckpointError(
+        f"the zip header declares {info.file_size} bytes, the pickle "
+        f"declares {size} (numel x itemsize); refused before inflating" if
+        info.file_size > size else
+        f"truncated: holds {info.file_size} bytes, the pickle declares {size}")
+  size = info.file_size if size is None else size
+  if size > max_bytes:
+    raise CheckpointError(f"{size} bytes, more than max_bytes={max_bytes}")
+  if info.compress_size > size + size // 100 + 1024:  # deflate adds < 0.1%
+    raise CheckpointError(
+        f"{info.compress_size} compressed bytes cannot inflate to only {size}:"
+        " the zip header understates the member; refused before inflating")
+  buf = bytearray()
+  with zf.open(info) as f:
+    while chunk := f.read(min(_CHUNK, size - len(buf) + 1)):
+      if len(buf) + len(chunk) > size:
+        raise CheckpointError(f"inflates past the {size} bytes declared; "
+                              "refused")
+      buf += chunk
+  if len(buf) != size:
+    raise CheckpointError(f"truncated: inflates to {len(buf)} of {size} "
+                          "bytes")
+  return buf
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride,
-                       requires_grad=False, backward_hooks=None,
-                       metadata=None):
-  """Stand-in for torch._utils._rebuild_tensor_v2 (builds no torch object)."""
-  del requires_grad, metadata
-  if not isinstance(storage, _Storage):
-    raise UnsafeCheckpointError(
-        f"torch_checkpoint: tensor storage must be a persistent storage "
-        f"reference, got {type(storage).__name__}")
-  if backward_hooks:
-    raise UnsafeCheckpointError(
-        "torch_checkpoint: tensors with backward hooks are not supported")
-  if not isinstance(storage_offset, int):
-    raise UnsafeCheckpointError(f"torch_checkpoint: storage offset must be an "
-                                f"int, got {storage_offset!r}")
-  return _Tensor(storage, storage_offset, _check_ints("size", size),
-                 _check_ints("stride", stride))
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None,
-                       *unused_state):
-  """Stand-in for torch._utils._rebuild_parameter(_with_state)."""
-  del requires_grad
-  if not isinstance(data, _Tensor):
-    raise UnsafeCheckpointError(
-        f"torch_checkpoint: a parameter must wrap a tensor, got "
-        f"{type(data).__name__}")
-  if backward_hooks:
-    raise UnsafeCheckpointError(
-        "torch_checkpoint: parameters with backward hooks are not supported")
-  return data
-
-
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Resolves only `_ALLOWED_GLOBALS`, to local stand-ins."""
-
-  def __init__(self, file: BinaryIO, storages: dict[str, _Storage],
-               legacy: bool):
-    super().__init__(file)
-    self._storages = storages
-    self._legacy = legacy
-
-  def find_class(self, module: str, name: str):
-    try:
-      return _ALLOWED_GLOBALS[(module, name)]
-    except KeyError:
-      raise UnsafeCheckpointError(
-          f"torch_checkpoint: refusing to load global '{module}.{name}'; a "
-          f"state dict only needs {sorted(m + '.' + n for m, n in _ALLOWED_GLOBALS)}"
-      ) from None
-
-  def persistent_load(self, pid):
-    if not isinstance(pid, tuple) or not pid:
-      raise UnsafeCheckpointError(
-          f"torch_checkpoint: unexpected persistent id {pid!r}")
-    typename = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
-    if typename != "storage":
-      raise UnsafeCheckpointError(
-          f"torch_checkpoint: refusing persistent id of type {typename!r} "
-          "(only tensor storages are allowed; pickled modules are not)")
-    if self._legacy:
-      if len(pid) != 6:
-        raise UnsafeCheckpointError(f"torch_checkpoint: bad storage id {pid!r}")
-      _, storage_type, key, _, numel, view_metadata = pid
-      if view_metadata is not None:
-        raise UnsafeCheckpointError(
-            "torch_checkpoint: legacy storage views are not supported")
-    else:
-      if len(pid) != 5:
-        raise UnsafeCheckpointError(f"torch_checkpoint: bad storage id {pid!r}")
-      _, storage_type, key, _, numel = pid
-    if not isinstance(storage_type, _StorageType):
-      raise UnsafeCheckpointError(
-          f"torch_checkpoint: storage type must be one of "
-          f"{sorted(STORAGE_DTYPES)}, got {storage_type!r}")
-    if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-      raise UnsafeCheckpointError(
-          f"torch_checkpoint: bad storage key/size {key!r}/{numel!r}")
-    if key not in self._storages:
-      self._storages[key] = _Storage(key, storage_type.dtype, numel)
-    return self._storages[key]
-
-
-class _PlainUnpickler(pickle.Unpickler):
-  """For the legacy header pickles: plain data only, no globals at all."""
-
-  def find_class(self, module: str, name: str):
-    raise UnsafeCheckpointError(
-        f"torch_checkpoint: refusing to load global '{module}.{name}' in the "
-        "checkpoint header")
-
-
-def _to_numpy(obj: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
-  if isinstance(obj, _Tensor):
-    out[prefix] = obj.numpy()
-  elif isinstance(obj, dict):
-    for k, v in obj.items():
-      if not isinstance(k, str):
-        raise ValueError(f"torch_checkpoint: expected string keys, got {k!r}")
-      _to_numpy(v, f"{prefix}.{k}" if prefix else k, out)
-  # Other plain values (epochs, config strings, ...) are not tensors: skipped.
-
-
-def _load_zip(path: str) -> dict[str, np.ndarray]:
-  with zipfile.ZipFile(path) as zf:
+def _load_zip(path: str, max_bytes: int) -> tuple[Any, str]:
+  """(the unpickled object, the name of its data.pkl member)."""
+  with _located(path, "(zip directory)"), zipfile.ZipFile(path) as zf:
     names = zf.namelist()
     pkls = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
-    if len(pkls) != 1:
-      raise ValueError(f"torch_checkpoint: {path} has {len(pkls)} data.pkl "
-                       f"files, expected exactly 1")
-    root = pkls[0][:-len("data.pkl")]
-    storages: dict[str, _Storage] = {}
-    obj = _RestrictedUnpickler(io.BytesIO(zf.read(pkls[0])), storages,
-                               legacy=False).load()
-    for key, st in storages.items():
-      raw = zf.read(f"{root}data/{key}")
-      if len(raw) < st.numel * st.dtype.itemsize:
-        raise ValueError(f"torch_checkpoint: storage {key!r} has {len(raw)} "
-                         f"bytes, expected {st.numel * st.dtype.itemsize}")
-      st.data = np.frombuffer(raw, st.dtype, count=st.numel)
-  return obj
+    if len(pkls) != 1 or len(set(names)) != len(names):
+      raise CheckpointError(f"{len(pkls)} data.pkl members and "
+                            f"{len(names) - len(set(names))} duplicate "
+                            "names; expected one data.pkl, no duplicates")
+    pkl, root = pkls[0], pkls[0][:-len("data.pkl")]
+    if root + "byteorder" in names:
+      with _located(path, root + "byteorder"):
+        order = bytes(_read_member(zf, root + "byteorder", None, 16))
+        if order != b"little":
+          raise CheckpointError(f"byte order {order!r}: only little-endian "
+                                "checkpoints are supported")
+    load = torch_pickle.Load(max_bytes, legacy=False)
+    with _located(path, pkl):
+      data = _read_member(zf, pkl, None, max_bytes)
+      obj = SafeUnpickler(io.BytesIO(data), len(data),
+                          load.find_global, load.persistent_load).load()
+    for key, st in load.storages.items():
+      with _located(path, f"{root}data/{key}"):
+        raw = _read_member(zf, f"{root}data/{key}", st.nbytes, max_bytes)
+        st.data = np.frombuffer(raw, st.dtype, count=st.numel)
+  return obj, pkl
 
 
-def _load_legacy(f: BinaryIO, path: str) -> Any:
-  header = _PlainUnpickler(f)
-  magic = header.load()
-  if magic != LEGACY_MAGIC:
-    raise ValueError(f"torch_checkpoint: {path} is neither a zip checkpoint "
-                     f"nor a legacy one (magic {magic!r}, expected "
-                     f"{LEGACY_MAGIC:#x})")
-  protocol = _PlainUnpickler(f).load()
-  if protocol != LEGACY_PROTOCOL:
-    raise ValueError(f"torch_checkpoint: legacy protocol {protocol!r}, "
-                     f"expected {LEGACY_PROTOCOL}")
-  sys_info = _PlainUnpickler(f).load()
-  if not sys_info.get("little_endian", True):
-    raise ValueError("torch_checkpoint: big-endian checkpoints are not "
-                     "supported")
-  storages: dict[str, _Storage] = {}
-  obj = _RestrictedUnpickler(f, storages, legacy=True).load()
-  keys = _PlainUnpickler(f).load()
-  if not isinstance(keys, list) or set(keys) != set(storages):
-    raise ValueError(f"torch_checkpoint: storage key list {keys!r:.200} does "
-                     f"not match the {len(storages)} storages referenced")
+def _load_legacy(f: BinaryIO, path: str, max_bytes: int) -> Any:
+  size = os.fstat(f.fileno()).st_size
+
+  def plain(member: str):  # header pickles: plain data only, no globals
+    with _located(path, member):
+      return SafeUnpickler(f, size - f.tell()).load()
+
+  try:
+    magic = plain("legacy header (magic number)")
+  except CheckpointError as e:
+    raise type(e)(f"neither a zip checkpoint nor a legacy one ({e.reason})",
+                  path, e.member) from None
+  if type(magic) is not int or magic != LEGACY_MAGIC:  # pylint: disable=unidiomatic-typecheck
+    raise CheckpointError(
+        f"neither a zip checkpoint nor a legacy one (magic {magic!r:.40}, "
+        f"expected {LEGACY_MAGIC:#x})", path, "legacy header (magic number)")
+  protocol = plain("legacy header (protocol)")
+  sys_info = plain("legacy header (system info)")
+  with _located(path, "legacy header"):
+    if protocol != LEGACY_PROTOCOL:
+      raise CheckpointError(f"legacy protocol {protocol!r:.40}, expected "
+                            f"{LEGACY_PROTOCOL}")
+    if not isinstance(sys_info, dict):
+      raise CheckpointError(f"system info must be a dict, got "
+                            f"{type(sys_info).__name__}")
+    if sys_info.get("little_endian", True) is not True:
+      raise CheckpointError("big-endian checkpoints are not supported")
+  load = torch_pickle.Load(max_bytes, legacy=True)
+  with _located(path, "legacy object pickle"):
+    obj = SafeUnpickler(f, size - f.tell(), load.find_global,
+                        load.persistent_load).load()
+  keys = plain("legacy storage key list")
+  with _located(path, "legacy storage key list"):
+    if (not isinstance(keys, list) or len(set(map(str, keys))) != len(keys)
+        or set(keys) != set(load.storages)):
+      raise CheckpointError(f"storage key list does not match the "
+                            f"{len(load.storages)} storages referenced")
   for key in keys:
-    st = storages[key]
-    (numel,) = struct.unpack("<q", f.read(8))
-    if numel != st.numel:
-      raise ValueError(f"torch_checkpoint: storage {key!r} has {numel} "
-                       f"elements in the file, expected {st.numel}")
-    raw = f.read(numel * st.dtype.itemsize)
-    if len(raw) != numel * st.dtype.itemsize:
-      raise ValueError(f"torch_checkpoint: {path} is truncated in storage "
-                       f"{key!r}")
-    st.data = np.frombuffer(raw, st.dtype)
+    st = load.storages[key]
+    with _located(path, f"legacy storage {key!r}"):
+      head = f.read(8)
+      if len(head) != 8:
+        raise CheckpointError("truncated: the file ends before the storage")
+      (numel,) = struct.unpack("<q", head)
+      if numel != st.numel:
+        raise CheckpointError(f"{numel} elements in the file, the pickle "
+                              f"declares {st.numel}")
+      if st.nbytes > size - f.tell():
+        raise CheckpointError(f"truncated: {st.nbytes} bytes declared, "
+                              f"{size - f.tell()} left in the file")
+      st.data = np.frombuffer(f.read(st.nbytes), st.dtype)
   return obj
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | os.PathLike,
+                    max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, np.ndarray]:
   """Reads a PyTorch state dict without torch and without running code.
 
   Args:
     path: a file written by `torch.save(state_dict, path)` (zip or legacy).
+    max_bytes: the most bytes read for the pickle, for all storages together,
+      and for all returned arrays together (each bound separately).
 
   Returns:
     {name: numpy array} in the file's order, e.g. '_conv_stem.weight' ->
@@ -284,19 +235,27 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     are dropped.
 
   Raises:
-    UnsafeCheckpointError: the pickle names a global or persistent object a
-      state dict does not need (nothing it names is ever called).
-    ValueError: the file is not a well-formed checkpoint.
+    UnsafeCheckpointError: the pickle names a global, persistent object or
+      opcode a state dict does not need (nothing it names is ever called).
+    CheckpointError (a ValueError; UnsafeCheckpointError is one too): the
+      file is truncated, malformed or over `max_bytes`; the message names
+      the file, the member and the fault.
+    OSError: the file cannot be opened.
   """
   path = os.fspath(path)
-  if zipfile.is_zipfile(path):
-    obj = _load_zip(path)
-  else:
-    with open(path, "rb") as f:
-      obj = _load_legacy(f, path)
+  with open(path, "rb") as f:
+    starts_like_zip = f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+    is_zip = zipfile.is_zipfile(f)
+    if not is_zip and not starts_like_zip:
+      f.seek(0)
+      obj, member = _load_legacy(f, path, max_bytes), "legacy object pickle"
+  if is_zip:
+    obj, member = _load_zip(path, max_bytes)
+  elif starts_like_zip:
+    raise CheckpointError(
+        "truncated: starts like a zip but has no end-of-central-directory "
+        "record; not a complete torch zip checkpoint", path, "(zip directory)")
   if not isinstance(obj, dict):
-    raise ValueError(f"torch_checkpoint: {path} holds a "
-                     f"{type(obj).__name__}, expected a state dict")
-  out: dict[str, np.ndarray] = {}
-  _to_numpy(obj, "", out)
-  return out
+    raise CheckpointError(f"holds a {type(obj).__name__}, expected a state "
+                          "dict", path, member)
+  return _flatten(obj, max_bytes, path, member)
