@@ -14,26 +14,14 @@ cost ~12 s per step on two shared CPU cores, this ~0.35 s on one idle core,
 instead of conditional BatchNorm), wgan_gp (Wasserstein loss + gradient
 penalty, no spectral norm), r1 (non-saturating loss + R1 penalty).
 """
-import importlib.util
-import os
+from research import config_lib
 
-_VARIANTS = {"quick", "cpu", "embed", "wgan_gp", "r1"}
-
-
-def _dcgan():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist5k_dcgan.py")
-  spec = importlib.util.spec_from_file_location("_mnist5k_dcgan", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+VARIANTS = ("quick", "cpu", "embed", "wgan_gp", "r1")
 
 
 def get_config(arg: str = ""):
-  args = set(filter(None, arg.split(",")))
-  if args - _VARIANTS:
-    raise ValueError(f"configs/mnist5k_cgan.py: unknown variant(s) "
-                     f"{sorted(args - _VARIANTS)}; valid: {sorted(_VARIANTS)}")
-  dcgan = _dcgan()
+  args = config_lib.variants(arg, VARIANTS, __file__)
+  dcgan = config_lib.sibling(__file__, "mnist5k_dcgan")
   c = dcgan.gan_base()
   c.model.conditional = True
   c.model.latent_dim = 128

@@ -13,12 +13,11 @@ import ml_collections
 from research import config_lib
 
 
+VARIANTS = ("quick", "resnet18", "augment")
+
+
 def get_config(arg: str = ""):
-  args = set(filter(None, arg.split(",")))
-  unknown = args - {"quick", "resnet18", "augment"}
-  if unknown:
-    raise ValueError(f"configs/mnist5k_classify.py: unknown variant(s) {sorted(unknown)}; "
-                     f"valid: quick, resnet18, augment")
+  args = config_lib.variants(arg, VARIANTS, __file__)
   c = ml_collections.ConfigDict()
   c.task = "classify"
   c.seed = 0
@@ -29,22 +28,11 @@ def get_config(arg: str = ""):
   c.mix = "none"
   c.mix_alpha = 1.0
   c.label_smoothing = 0.1
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", lr=2e-3, schedule="cosine", warmup_steps=100,
-      weight_decay=1e-4, wd_pattern=r".*kernel", grad_clip_norm=0.0,
-      frozen=(), lr_mults=()))
-  c.batch_size = 128
-  c.eval_batch_size = 500
-  c.num_steps = 1500
-  c.log_every = 50
-  c.eval_every = 500
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
-  c.best_metric = "accuracy"
-  c.best_mode = "max"
-  c.parallel = "pmap"
-  c.progress = True
-  c.distributed = False
+  c.optimizer = config_lib.optimizer_config("adamw", 2e-3, warmup_steps=100, weight_decay=1e-4,
+                                            wd_pattern=r".*kernel")
+  config_lib.set_trainer_fields(c, batch_size=128, eval_batch_size=500, num_steps=1500,
+                                log_every=50, eval_every=500, checkpoint_every=500,
+                                best_metric="accuracy", best_mode="max")
 
   if "resnet18" in args:
     c.model = ml_collections.ConfigDict(dict(name="resnet18", num_classes=10, width=32))

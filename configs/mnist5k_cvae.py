@@ -9,18 +9,15 @@ plus cpu: the same model and schedule shape in 2,500 steps (~80 epochs of the
 4,000 training images), about 15-20 minutes on two shared CPU cores; the run
 behind research/GENERATIVE.md.
 """
-import importlib.util
-import os
+from research import config_lib
+
+_vae = config_lib.sibling(__file__, "mnist5k_vae")
+VARIANTS = _vae.VARIANTS + ("cpu",)
 
 
 def get_config(arg: str = ""):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist5k_vae.py")
-  spec = importlib.util.spec_from_file_location("_mnist5k_vae", path)
-  vae = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(vae)
-  args = set(filter(None, arg.split(",")))
-  vae.check_variants(args, "mnist5k_cvae.py", valid=vae._VARIANTS | {"cpu"})  # pylint: disable=protected-access
-  c = vae.vae_base(args - {"cpu"})
+  args = config_lib.variants(arg, VARIANTS, __file__)
+  c = _vae.vae_base(args - {"cpu"})
   c.model.conditional = True
   if "cpu" in args:
     c.num_steps = 2500

@@ -27,23 +27,10 @@ def gan_base() -> ml_collections.ConfigDict:
   c.class_weight = 0.0
   c.ema_decay = 0.999
   c.diff_augment = ""
-  adam = dict(name="adam", lr=2e-4, b1=0.5, b2=0.999, schedule="constant",
-              warmup_steps=0, weight_decay=0.0, grad_clip_norm=0.0, frozen=(),
-              lr_mults=())
-  c.g_optimizer = ml_collections.ConfigDict(adam)
-  c.d_optimizer = ml_collections.ConfigDict(adam)
-  c.batch_size = 64
-  c.eval_batch_size = 500
-  c.num_steps = 10000
-  c.log_every = 100
-  c.eval_every = 1000
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 2
-  c.best_metric = ""
-  c.parallel = "pmap"
-  c.progress = True
-  c.distributed = False
-  return c
+  c.g_optimizer = config_lib.optimizer_config("adam", 2e-4, b1=0.5, b2=0.999, schedule="constant")
+  c.d_optimizer = config_lib.optimizer_config("adam", 2e-4, b1=0.5, b2=0.999, schedule="constant")
+  return config_lib.set_trainer_fields(c, batch_size=64, eval_batch_size=500, num_steps=10000,
+                                       log_every=100, eval_every=1000, checkpoint_every=1000)
 
 
 def make_quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -60,11 +47,11 @@ def make_quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+VARIANTS = ("quick",)
+
+
 def get_config(arg: str = ""):
-  args = set(filter(None, arg.split(",")))
-  if args - {"quick"}:
-    raise ValueError(f"configs/mnist5k_dcgan.py: unknown variant(s) "
-                     f"{sorted(args - {'quick'})}; valid: quick")
+  args = config_lib.variants(arg, VARIANTS, __file__)
   c = gan_base()
   if "quick" in args:
     c = make_quick(c)

@@ -19,29 +19,16 @@ Everything but the task, the model and the `distill` block is the classify
 config's, so student and baseline differ only in the loss (no label smoothing
 and no augmentation when distilling: the soft targets take their place).
 """
-import importlib.util
-import os
-
 import ml_collections
 
-_VARIANTS = ("quick",)
+from research import config_lib
 
-
-def _classify_config(arg: str) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist5k_classify.py")
-  spec = importlib.util.spec_from_file_location("_mnist5k_classify", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+VARIANTS = ("quick",)
 
 
 def get_config(arg: str = ""):
-  args = set(filter(None, arg.split(",")))
-  unknown = args - set(_VARIANTS)
-  if unknown:
-    raise ValueError(f"configs/mnist5k_distill.py: unknown variant(s) {sorted(unknown)}; "
-                     f"valid: {', '.join(_VARIANTS)}")
-  c = _classify_config(",".join(sorted(args)))
+  args = config_lib.variants(arg, VARIANTS, __file__)
+  c = config_lib.sibling(__file__, "mnist5k_classify").get_config(",".join(sorted(args)))
   c.task = "distill"
   c.model = ml_collections.ConfigDict(dict(name="small_cnn", num_classes=10, width=8,
                                            dropout=0.3))

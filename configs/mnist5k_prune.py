@@ -12,22 +12,13 @@ updated every `update_freq` steps; the last 30% trains with the final masks
 fixed. The steps are fixed when the config is built: overriding
 --config.num_steps does not move them (override prune.start_step/end_step too).
 """
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _classify_config(arg: str) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist5k_classify.py")
-  spec = importlib.util.spec_from_file_location("_mnist5k_classify", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from research import config_lib
 
 
 def get_config(arg: str = ""):
-  c = _classify_config(arg)  # validates the variants
+  c = config_lib.sibling(__file__, "mnist5k_classify").get_config(arg)  # validates the variants
   c.task = "prune"
   n = c.num_steps
   c.prune = ml_collections.ConfigDict(dict(

@@ -12,7 +12,7 @@ import ml_collections
 
 from research import config_lib
 
-_VARIANTS = {"quick", "logistic", "gaussian", "iwae1000"}
+VARIANTS = ("quick", "logistic", "gaussian", "iwae1000")
 
 
 def vae_base(args) -> ml_collections.ConfigDict:
@@ -30,20 +30,9 @@ def vae_base(args) -> ml_collections.ConfigDict:
   c.kl_warmup_steps = 1000
   c.iwae_samples = 100
   c.iwae_chunk = 50
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", lr=1e-3, schedule="cosine", warmup_steps=100, weight_decay=0.0,
-      grad_clip_norm=0.0, frozen=(), lr_mults=()))
-  c.batch_size = 128
-  c.eval_batch_size = 200
-  c.num_steps = 6000
-  c.log_every = 100
-  c.eval_every = 2000
-  c.checkpoint_every = 2000
-  c.keep_checkpoints = 2
-  c.best_metric = ""
-  c.parallel = "pmap"
-  c.progress = True
-  c.distributed = False
+  c.optimizer = config_lib.optimizer_config("adam", 1e-3, warmup_steps=100)
+  config_lib.set_trainer_fields(c, batch_size=128, eval_batch_size=200, num_steps=6000,
+                                log_every=100, eval_every=2000, checkpoint_every=2000)
   if "logistic" in args:
     c.model.likelihood = "logistic"
   if "gaussian" in args:
@@ -66,13 +55,5 @@ def vae_base(args) -> ml_collections.ConfigDict:
   return c
 
 
-def check_variants(args, name, valid=_VARIANTS):
-  if args - valid:
-    raise ValueError(f"configs/{name}: unknown variant(s) {sorted(args - valid)}; "
-                     f"valid: {sorted(valid)}")
-
-
 def get_config(arg: str = ""):
-  args = set(filter(None, arg.split(",")))
-  check_variants(args, "mnist5k_vae.py")
-  return vae_base(args)
+  return vae_base(config_lib.variants(arg, VARIANTS, __file__))

@@ -29,6 +29,54 @@ def data_config(name: str = "mnist5k", **fields: Any) -> ml_collections.ConfigDi
   return c
 
 
+def variants(arg: str, valid: Iterable[str], config_file: str) -> set[str]:
+  """The comma-separated variants of `arg`, checked against `valid`.
+
+  Args:
+    arg: what follows ':' in 'configs/x.py:arg', e.g. 'quick,augment'.
+    valid: the variant names the config declares.
+    config_file: the config's __file__ (named in the error).
+  Raises:
+    ConfigError naming the file, the unknown variants and the valid ones.
+  """
+  args = set(filter(None, (arg or "").split(",")))
+  unknown = args - set(valid)
+  if unknown:
+    raise ConfigError(f"configs/{os.path.basename(config_file)}: unknown variant(s) "
+                      f"{sorted(unknown)}; valid: {', '.join(sorted(valid))}")
+  return args
+
+
+def sibling(config_file: str, name: str):
+  """The module of configs/<name>.py, found next to `config_file` (a config's __file__)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py")
+  return load_module(path, f"_config_{name}")
+
+
+def optimizer_config(name: str, lr: float, **fields: Any) -> ml_collections.ConfigDict:
+  """An optimizer block (research/optim.py) with every common field present.
+
+  Defaults: cosine schedule, no warm-up, no weight decay, no gradient clipping,
+  nothing frozen, no learning-rate multipliers; `fields` adds or replaces any.
+  """
+  defaults = dict(name=name, lr=lr, schedule="cosine", warmup_steps=0, weight_decay=0.0,
+                  grad_clip_norm=0.0, frozen=(), lr_mults=())
+  return ml_collections.ConfigDict({**defaults, **fields})
+
+
+def set_trainer_fields(c: ml_collections.ConfigDict, *, batch_size: int, eval_batch_size: int,
+                       num_steps: int, log_every: int, eval_every: int, checkpoint_every: int,
+                       keep_checkpoints: int = 2, best_metric: str = "",
+                       **extra: Any) -> ml_collections.ConfigDict:
+  """Sets the fields research/trainer.py reads (batching, budget, cadence, checkpoints,
+  parallelism, progress); `extra` sets others (e.g. best_mode). Returns `c`."""
+  c.update(dict(batch_size=batch_size, eval_batch_size=eval_batch_size, num_steps=num_steps,
+                log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                keep_checkpoints=keep_checkpoints, best_metric=best_metric, **extra,
+                parallel="pmap", progress=True, distributed=False))
+  return c
+
+
 def load_module(path: str, name: str = ""):
   """The Python module of a file given by path (a config file, a script)."""
   if not os.path.exists(path):
