@@ -5,7 +5,9 @@ multipliers) are chosen by regular expressions over parameter paths through
 `research.params`, as big_vision's `optax.make` does:
 
   optimizer.name: 'sgd' | 'momentum' | 'nesterov' | 'adam' | 'adamw'
-  optimizer.lr, optimizer.schedule ('constant' | 'cosine' | 'linear'), optimizer.warmup_steps
+  optimizer.lr, optimizer.schedule ('constant' | 'cosine' | 'linear' | 'anneal'),
+    optimizer.warmup_steps; 'anneal' is DANN's lr / (1 + anneal_alpha p)^anneal_beta
+    (p = progress in [0, 1] after warm-up; optimizer.anneal_alpha 10, anneal_beta 0.75)
   optimizer.weight_decay, optimizer.wd_pattern (decoupled decay on matching params)
   optimizer.grad_clip_norm (0 = off)
   optimizer.frozen: list of regexes; matching params get no update and no optimizer state
@@ -23,18 +25,22 @@ import optax
 
 from research import params as P
 
-_SCHEDULES = ("constant", "cosine", "linear")
+_SCHEDULES = ("constant", "cosine", "linear", "anneal")
 _NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw")
 
 
-def schedule(lr: float, kind: str, num_steps: int, warmup_steps: int = 0) -> optax.Schedule:
-  """Learning rate over steps: optional linear warm-up, then constant / cosine / linear decay."""
+def schedule(lr: float, kind: str, num_steps: int, warmup_steps: int = 0,
+             anneal_alpha: float = 10.0, anneal_beta: float = 0.75) -> optax.Schedule:
+  """Learning rate over steps: optional linear warm-up, then constant / cosine / linear
+  decay or DANN's annealing lr / (1 + alpha p)^beta (Ganin & Lempitsky, 2015)."""
   if kind not in _SCHEDULES:
     raise ValueError(f"optimizer.schedule must be one of {_SCHEDULES}, got {kind!r}")
   decay_steps = max(num_steps - warmup_steps, 1)
   main = {"constant": optax.constant_schedule(lr),
           "cosine": optax.cosine_decay_schedule(lr, decay_steps),
-          "linear": optax.linear_schedule(lr, 0.0, decay_steps)}[kind]
+          "linear": optax.linear_schedule(lr, 0.0, decay_steps),
+          "anneal": lambda step: lr / (1.0 + anneal_alpha * step / decay_steps) ** anneal_beta,
+          }[kind]
   if warmup_steps:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), main],
                                 [warmup_steps])
@@ -61,7 +67,8 @@ def make(cfg, params: Any, num_steps: int, frozen: Sequence[str] | None = None,
   """
   frozen = tuple(cfg.get("frozen", ()) or ()) if frozen is None else tuple(frozen)
   lr_mults = tuple(cfg.get("lr_mults", ()) or ()) if lr_mults is None else tuple(lr_mults)
-  lr = schedule(cfg.lr, cfg.get("schedule", "cosine"), num_steps, cfg.get("warmup_steps", 0))
+  lr = schedule(cfg.lr, cfg.get("schedule", "cosine"), num_steps, cfg.get("warmup_steps", 0),
+                cfg.get("anneal_alpha", 10.0), cfg.get("anneal_beta", 0.75))
   parts = []
   wd = cfg.get("weight_decay", 0.0)
   if wd:

@@ -1,4 +1,4 @@
-"""Domain adaptation losses: gradient reversal (DANN), CORAL, MMD, importance weights.
+"""Domain adaptation losses: gradient reversal (DANN), CDAN, CORAL, MMD, importance weights.
 
 Conventions: `source` / `target` features are float [N, D] / [M, D]; a domain
 classifier outputs one logit per example, log p(target | x) / p(source | x),
@@ -6,6 +6,12 @@ i.e. label 1 = target, 0 = source.
 
 * Gradient reversal (Ganin & Lempitsky, 2015): identity forward, -scale * g
   backward, with the warm-start schedule lambda_p = 2 / (1 + exp(-10 p)) - 1.
+  Learning-rate annealing mu_p = mu_0 / (1 + alpha p)^beta is the
+  optimizer schedule 'anneal' (research.optim).
+* CDAN (Long et al., 2018): the domain classifier sees the multilinear map
+  f (x) g of features f and class probabilities g, or its randomized version
+  (R_f^T f) * (R_g^T g) / sqrt(d_out) when d_f * d_g is large; CDAN+E weights
+  each example's domain loss by w = 1 + exp(-H(g)), normalised per domain.
 * CORAL (Sun & Saenko, 2016): ||C_s - C_t||_F^2 / (4 d^2), unbiased covariances.
 * MMD (Gretton et al., 2012; Long et al., 2015): biased (V-statistic) squared
   MMD with a sum of Gaussian kernels over several bandwidths.
@@ -19,6 +25,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -52,6 +59,80 @@ gradient_reversal.defvjp(_grl_fwd, _grl_bwd)
 def grl_schedule(progress: jax.Array, gamma: float = 10.0) -> jax.Array:
   """DANN's warm start lambda_p = 2 / (1 + exp(-gamma p)) - 1; p in [0, 1] -> [0, 1)."""
   return 2.0 / (1.0 + jnp.exp(-gamma * jnp.asarray(progress, jnp.float32))) - 1.0
+
+
+def lr_annealing(progress: jax.Array, mu0: float, alpha: float = 10.0,
+                 beta: float = 0.75) -> jax.Array:
+  """DANN's learning rate mu_p = mu0 / (1 + alpha p)^beta; p in [0, 1] -> (0, mu0]."""
+  return mu0 / (1.0 + alpha * jnp.asarray(progress, jnp.float32)) ** beta
+
+
+# ---------------------------------------------------------------- CDAN
+def multilinear_map(features: jax.Array, probs: jax.Array) -> jax.Array:
+  """CDAN's f (x) g: [N, D], [N, C] -> [N, C * D], entry c * D + d = g_c f_d.
+
+  The layout is the reference code's torch.bmm(g[:, :, None], f[:, None, :]).
+  """
+  if features.ndim != 2 or probs.ndim != 2 or features.shape[0] != probs.shape[0]:
+    raise ValueError(f"losses.domain.multilinear_map: expected features [N, D] and probs "
+                     f"[N, C], got {features.shape} and {probs.shape}")
+  out = probs[:, :, None] * features[:, None, :]
+  return out.reshape(features.shape[0], -1)
+
+
+def random_matrices(feature_dim: int, num_classes: int, out_dim: int = 1024,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Fixed Gaussian R_f float32 [feature_dim, out_dim], R_g [num_classes, out_dim].
+
+  Drawn once from `seed` (never trained), as the reference RandomLayer's torch.randn.
+  """
+  rng = np.random.default_rng(seed)
+  return (rng.standard_normal((feature_dim, out_dim)).astype(np.float32),
+          rng.standard_normal((num_classes, out_dim)).astype(np.float32))
+
+
+def randomized_multilinear_map(features: jax.Array, probs: jax.Array, r_f: jax.Array,
+                               r_g: jax.Array) -> jax.Array:
+  """(f R_f) * (g R_g) / sqrt(d_out): [N, D], [N, C], [D, d_out], [C, d_out] -> [N, d_out].
+
+  Its inner products approximate those of the full map in expectation
+  (Long et al., 2018, Theorem 1).
+  """
+  if r_f.shape[1] != r_g.shape[1] or r_f.shape[0] != features.shape[-1] \
+      or r_g.shape[0] != probs.shape[-1]:
+    raise ValueError(f"losses.domain.randomized_multilinear_map: R_f {r_f.shape} and R_g "
+                     f"{r_g.shape} do not fit features {features.shape} and probs "
+                     f"{probs.shape}")
+  return (features @ r_f) * (probs @ r_g) / jnp.sqrt(jnp.float32(r_f.shape[1]))
+
+
+def entropy(probs: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """Shannon entropy in nats of each row: float [N, C] (rows sum to 1) -> [N] in [0, log C]."""
+  p = probs.astype(jnp.float32)
+  return -jnp.sum(p * jnp.log(p + eps), axis=-1)
+
+
+def entropy_weights(probs: jax.Array) -> jax.Array:
+  """CDAN+E's w = 1 + exp(-H(g)): [N, C] -> [N] in (1, 2], without gradient."""
+  return 1.0 + jnp.exp(-entropy(jax.lax.stop_gradient(probs)))
+
+
+def weighted_domain_classifier_loss(source_logits: jax.Array, target_logits: jax.Array,
+                                    source_weights: jax.Array,
+                                    target_weights: jax.Array) -> jax.Array:
+  """CDAN+E's domain loss: each domain's BCE weighted by w / sum(w) over that domain, halved.
+
+  As the reference code: weight = w_s / sum(w_s) + w_t / sum(w_t), loss =
+  sum(weight * BCE) / sum(weight); equal weights give `domain_classifier_loss`.
+  """
+  s = source_logits.reshape(-1).astype(jnp.float32)
+  t = target_logits.reshape(-1).astype(jnp.float32)
+  ws = jax.lax.stop_gradient(source_weights.reshape(-1).astype(jnp.float32))
+  wt = jax.lax.stop_gradient(target_weights.reshape(-1).astype(jnp.float32))
+  return 0.5 * (jnp.sum(ws * optax.sigmoid_binary_cross_entropy(s, jnp.zeros_like(s)))
+                / jnp.sum(ws)
+                + jnp.sum(wt * optax.sigmoid_binary_cross_entropy(t, jnp.ones_like(t)))
+                / jnp.sum(wt))
 
 
 # ---------------------------------------------------------------- CORAL

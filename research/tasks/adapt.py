@@ -2,18 +2,27 @@
 
 Two input streams on the shared trainer: `train_data` yields
 {'source': {'image', 'label'}, 'target': {'image'}}; the target stream has no
-labels at all, so no method can use them. Evaluation is one padded pass over
-the target test split, the source test split and (optionally) a labelled
-slice held out of the target train split, tagged by a 'domain' field:
-'accuracy' is the target test accuracy, 'source_accuracy' the source test
-accuracy and 'target_val_accuracy' the held-out slice's (for choosing
+labels at all, so no method can use them (except the `oracle` arm, whose
+labelled stream is the target train split itself). Evaluation is one padded
+pass over the target test split, the source test split and (optionally) a
+labelled slice held out of the target train split, tagged by a 'domain'
+field: 'accuracy' is the target test accuracy, 'source_accuracy' the source
+test accuracy and 'target_val_accuracy' the held-out slice's (for choosing
 hyperparameters without looking at the test split).
 
-Methods (`adapt.method`); f = the classifier's penultimate features:
+Methods (`adapt.method`); f = the classifier's features, g = softmax(logits):
   source_only  cross-entropy on source only.
+  oracle       cross-entropy on the labelled target train split (minus the
+               held-out slice), same model and budget: the upper reference.
   dann         + domain classifier on GRL(f) (Ganin & Lempitsky, 2015): the
                discriminator minimises its loss, the feature extractor gets the
                reversed gradient scaled by weight * lambda_p.
+  cdan         + domain classifier on GRL(f) (x) g (Long et al., 2018), the
+               randomized map (d_out = adapt.cdan_out_dim) when d_f * d_g >
+               adapt.cdan_random_threshold; g carries no gradient (as the
+               reference code).
+  cdan_e       cdan with each example's domain loss weighted by 1 + exp(-H(g)),
+               normalised per domain.
   coral        + weight * lambda_p * CORAL(f_s, f_t) (Sun & Saenko, 2016).
   mmd          + weight * lambda_p * MMD^2(f_s, f_t), multi-bandwidth Gaussian
                kernel (Long et al., 2015).
@@ -21,19 +30,20 @@ Methods (`adapt.method`); f = the classifier's penultimate features:
                domain classifier trained alongside on stop_gradient(f) or on the
                input images (`adapt.disc_input`); weights normalised per batch
                and clipped at `adapt.max_weight`.
-lambda_p = 2 / (1 + exp(-10 p)) - 1, p = step / num_steps, when
-`adapt.schedule == 'warm'`; 1 when 'constant'.
+lambda_p = 2 / (1 + exp(-gamma p)) - 1, p = step / num_steps, when
+`adapt.schedule == 'warm'`; 1 when 'constant'. DANN's learning-rate
+annealing is `optimizer.schedule = 'anneal'`.
 
 Config fields read here (beside ClassifyTask's, which describe the classifier
 and its optimizer; `data` is the source dataset):
   target.name, target.train_split, target.eval_split, target.image_size,
   target.holdout_per_class (0 = no held-out slice), target.holdout_seed
-  adapt.method, adapt.weight (>= 0), adapt.schedule ('warm' | 'constant'),
-  adapt.gamma (10), adapt.disc_hidden (MLP width), adapt.disc_input
-  ('features' | 'inputs', importance only), adapt.max_weight,
-  adapt.mmd_kernels, adapt.mmd_kernel_mul,
-  adapt.standardize ('none' | 'per_image': zero mean, unit std per image,
-  for both domains and every method)
+  adapt.* (research.tasks.adapt_methods.MethodConfig)
+Classification's optimizer fields apply to the classifier as they do there:
+optimizer.frozen, optimizer.lr_mults, optimizer.layer_decay, bn_mode
+('frozen_stats' / 'frozen' need a BatchNorm model that takes
+use_running_average, else a ValueError); `mix` other than 'none' is rejected.
+The domain classifier gets the same optimizer without frozen / lr_mults rules.
 
 Augmentation (`augment`) is applied to both streams with independent keys,
 for every method, so methods differ only in their adaptation term. Alignment
@@ -52,15 +62,13 @@ import numpy as np
 import optax
 from jax import lax
 
-from research import models, optim
+from research import optim
 from research.losses import classification as cls_losses
-from research.losses import domain
 from research.metrics import classification as metrics
 from research.parallel import AXIS
-from research.tasks import base, classify
+from research.tasks import adapt_methods, base, classify
+from research.tasks.adapt_methods import METHODS  # noqa: F401  (re-exported)
 
-METHODS = ("source_only", "dann", "coral", "mmd", "importance")
-_NEEDS_DISC = ("dann", "importance")
 # Eval 'domain' ids.
 TARGET_TEST, SOURCE_TEST, TARGET_VAL = 0, 1, 2
 _DOMAIN_NAMES = {TARGET_TEST: "", SOURCE_TEST: "source_", TARGET_VAL: "target_val_"}
@@ -88,41 +96,13 @@ class AdaptTask(classify.ClassifyTask):
 
   def __init__(self, config):
     super().__init__(config)
-    a = config.get("adapt", {})
-    self.method = a.get("method", "source_only")
-    if self.method not in METHODS:
-      raise ValueError(f"adapt.method must be one of {METHODS}, got {self.method!r}")
-    self.weight = float(a.get("weight", 1.0))
-    if self.weight < 0:
-      raise ValueError(f"adapt.weight must be >= 0, got {self.weight}")
-    self.schedule = a.get("schedule", "warm")
-    if self.schedule not in ("warm", "constant"):
-      raise ValueError(f"adapt.schedule must be 'warm' or 'constant', got {self.schedule!r}")
-    self.gamma = float(a.get("gamma", 10.0))
-    self.disc_input = a.get("disc_input", "features")
-    if self.disc_input not in ("features", "inputs"):
-      raise ValueError(f"adapt.disc_input must be 'features' or 'inputs', "
-                       f"got {self.disc_input!r}")
-    if self.disc_input == "inputs" and self.method == "dann":
-      raise ValueError("adapt.disc_input='inputs' is for method 'importance'; DANN's "
-                       "discriminator must see the features")
-    self.max_weight = float(a.get("max_weight", 10.0))
-    self.mmd_kernels = int(a.get("mmd_kernels", 5))
-    self.mmd_kernel_mul = float(a.get("mmd_kernel_mul", 2.0))
-    self.standardize = a.get("standardize", "none")
-    if self.standardize not in ("none", "per_image"):
-      raise ValueError(f"adapt.standardize must be 'none' or 'per_image', "
-                       f"got {self.standardize!r}")
-    if self.method in _NEEDS_DISC:
-      if self.disc_input == "inputs" and self.method == "importance":
-        # A small CNN on the images (no shared features with the classifier).
-        self.discriminator = models.get_model("small_cnn", num_classes=1,
-                                              width=int(a.get("disc_width", 8)))
-      else:
-        self.discriminator = models.get_model("domain_discriminator",
-                                            hidden=int(a.get("disc_hidden", 256)))
-    else:
-      self.discriminator = None
+    self.adapt = adapt_methods.MethodConfig(config.get("adapt", {}))
+    self.method = self.adapt.method
+    self.standardize = self.adapt.standardize
+    if self.mix != "none":
+      raise ValueError(f"adapt: mix={self.mix!r} is not supported by the adaptation task "
+                       f"(mixing would blend labelled source images only); set mix='none'")
+    self.discriminator = self.adapt.discriminator()
     self.target_cfg = config.target
 
   # ---- host side ----
@@ -138,8 +118,13 @@ class AdaptTask(classify.ClassifyTask):
 
   def train_data(self, ctx: base.DataContext):
     from research import data  # pylint: disable=g-import-not-at-top
-    source = data.train_iterator(self.config.data, ctx)
     target_train, _ = self._target_train_and_val()
+    if self.method == "oracle":
+      # The reference arm: the labelled stream is the target's own train split.
+      source = data.ArrayIterator(target_train, ctx.global_batch_size, ctx.seed,
+                                  ctx.process_index, ctx.process_count)
+    else:
+      source = data.train_iterator(self.config.data, ctx)
     # Only images: the target's labels never enter training.
     target = data.ArrayIterator({"image": target_train["image"]}, ctx.global_batch_size,
                                 ctx.seed + 1_000_003, ctx.process_index, ctx.process_count)
@@ -147,20 +132,21 @@ class AdaptTask(classify.ClassifyTask):
 
   def eval_data(self, ctx: base.DataContext):
     from research import data  # pylint: disable=g-import-not-at-top
-    t = self.target_cfg
+    t, d = self.target_cfg, self.config.data
     sets = {TARGET_TEST: data.load(t.name, t.get("eval_split", "test"),
                                    t.get("data_dir") or None, t.get("image_size", 0)),
-            SOURCE_TEST: data.load(self.config.data.name,
-                                   self.config.data.get("eval_split", "test"),
-                                   self.config.data.get("data_dir") or None,
-                                   self.config.data.get("image_size", 0))}
+            SOURCE_TEST: data.load(d.name, d.get("eval_split", "test"),
+                                   d.get("data_dir") or None, d.get("image_size", 0))}
     _, val = self._target_train_and_val()
     if val is not None:
       sets[TARGET_VAL] = val
+    # Gray and colour domains meet in one eval pass at input.channels.
+    sets = adapt_methods.as_numpy_channels(sets, self.input_cfg.get("channels", 0))
     shapes = {k: v["image"].shape[1:] for k, v in sets.items()}
     if len(set(shapes.values())) != 1:
       raise ValueError(f"adapt: source and target images must have one shape "
-                       f"(set target.image_size / data.image_size), got {shapes}")
+                       f"(set target.image_size / data.image_size, and input.channels=3 "
+                       f"for a gray and a colour domain), got {shapes}")
     arrays = {"image": np.concatenate([s["image"] for s in sets.values()]),
               "label": np.concatenate([s["label"] for s in sets.values()]),
               "domain": np.concatenate([np.full(len(s["label"]), d, np.int32)
@@ -197,29 +183,36 @@ class AdaptTask(classify.ClassifyTask):
   def init_state(self, rng, batch):
     clf_rng, disc_rng = jax.random.split(rng)
     variables = self.init_variables(clf_rng, batch["source"])
-    params = variables["params"]
-    self.tx = optim.make(self.config.optimizer, params, self.config.num_steps)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    if self.bn_mode != "train" and not batch_stats:
+      raise ValueError(f"adapt: bn_mode={self.bn_mode!r} needs a model with BatchNorm; "
+                       f"{self.config.model.name!r} has no batch statistics (use 'train')")
+    self.frozen, lr_mults = self.partitions(params, batch_stats)
+    self.tx = optim.make(self.config.optimizer, params, self.config.num_steps,
+                         frozen=self.frozen, lr_mults=lr_mults)
     disc_params, disc_opt_state = {}, {}
     if self.discriminator is not None:
-      if self.disc_input == "inputs" and self.method == "importance":
-        example = self.inputs(jnp.asarray(batch["source"]["image"][:1]))
-      else:
-        _, feats = self.model.apply(variables, self.inputs(
-            jnp.asarray(batch["source"]["image"][:1])), train=False, return_features=True)
-        example = feats
-      disc_params = self.discriminator.init(disc_rng, example)["params"]
-      self.disc_tx = optim.make(self.config.optimizer, disc_params, self.config.num_steps)
+      x = self.inputs(jnp.asarray(batch["source"]["image"][:2]))
+      logits, feats = self.model.apply(variables, x, train=False, return_features=True)
+      disc_params = self.discriminator.init(
+          disc_rng, self.adapt.disc_example(feats, logits, x))["params"]
+      # Classifier-path rules (frozen, lr_mults) name classifier parameters only.
+      self.disc_tx = optim.make(self.config.optimizer, disc_params, self.config.num_steps,
+                                frozen=(), lr_mults=())
       disc_opt_state = self.disc_tx.init(disc_params)
-    return AdaptState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}),
+    return AdaptState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=self.tx.init(params), disc_params=disc_params,
                       disc_opt_state=disc_opt_state)
 
   def _forward(self, params, batch_stats, x, rng):
-    """(logits, features, new_batch_stats) of the classifier in train mode."""
+    """(logits, features, new_batch_stats) of the classifier in train mode (bn_mode honoured)."""
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats
+    if self.bn_mode != "train":
+      logits, feats = self.model.apply(variables, x, train=True, return_features=True,
+                                       use_running_average=True, rngs={"dropout": rng})
+      return logits, feats, batch_stats
     (logits, feats), updates = self.model.apply(
         variables, x, train=True, return_features=True, rngs={"dropout": rng},
         mutable=["batch_stats"])
@@ -231,62 +224,37 @@ class AdaptTask(classify.ClassifyTask):
   # ---- per device ----
   def train_step(self, state, batch, rng):
     src_rng, tgt_rng, drop_rng = jax.random.split(rng, 3)
+    cfg = self.adapt
     x_s = self._train_inputs(batch["source"]["image"], src_rng)
-    x_t = self._train_inputs(batch["target"]["image"], tgt_rng)
+    x_t = self._train_inputs(batch["target"]["image"], tgt_rng) if cfg.uses_target else None
     n = x_s.shape[0]
     targets = jax.nn.one_hot(batch["source"]["label"], self.num_classes)
     smoothing = self.config.get("label_smoothing", 0.0)
     if smoothing:
       targets = cls_losses.smooth_labels(targets, smoothing)
-    progress = state.step.astype(jnp.float32) / self.config.num_steps
-    lam = (domain.grl_schedule(progress, self.gamma) if self.schedule == "warm"
-           else jnp.ones((), jnp.float32))
-    needs_target_features = self.method in ("dann", "coral", "mmd") or (
-        self.method == "importance" and self.disc_input == "features")
+    lam = cfg.lambda_p(state.step.astype(jnp.float32) / self.config.num_steps)
+    split, merge = self.split_merge()
 
-    def loss_fn(params, disc_params):
-      aux = {}
-      if needs_target_features:
-        logits, feats, new_stats = self._forward(
-            params, state.batch_stats, jnp.concatenate([x_s, x_t]), drop_rng)
-        logits, f_s, f_t = logits[:n], feats[:n], feats[n:]
-      else:
-        logits, f_s, new_stats = self._forward(params, state.batch_stats, x_s, drop_rng)
-      ce = cls_losses.softmax_cross_entropy(logits, targets)
-      if self.method == "source_only":
-        loss = jnp.mean(ce)
-      elif self.method == "dann":
-        d = self._disc(disc_params, domain.gradient_reversal(
-            jnp.concatenate([f_s, f_t]), self.weight * lam))
-        aux["domain_loss"] = domain.domain_classifier_loss(d[:n], d[n:])
-        aux["domain_accuracy"] = domain.domain_accuracy(d[:n], d[n:])
-        loss = jnp.mean(ce) + aux["domain_loss"]
-      elif self.method in ("coral", "mmd"):
-        align = (domain.coral_loss(f_s, f_t) if self.method == "coral"
-                 else domain.mmd_loss(f_s, f_t, num_kernels=self.mmd_kernels,
-                                      kernel_mul=self.mmd_kernel_mul))
-        aux[f"{self.method}_loss"] = align
-        loss = jnp.mean(ce) + self.weight * lam * align
-      else:  # importance
-        if self.disc_input == "features":
-          d_in = lax.stop_gradient(jnp.concatenate([f_s, f_t]))
-        else:
-          d_in = jnp.concatenate([x_s, x_t])
-        d = self._disc(disc_params, d_in)
-        w = domain.importance_weights(jax.nn.sigmoid(d[:n]), self.max_weight)
-        aux["domain_loss"] = domain.domain_classifier_loss(d[:n], d[n:])
-        aux["domain_accuracy"] = domain.domain_accuracy(d[:n], d[n:])
-        aux["weight_ess"] = domain.effective_sample_size(w)
-        aux["weight_max"] = jnp.max(w)
-        loss = jnp.mean(w * ce) + aux["domain_loss"]
+    def loss_fn(trainable, frozen, disc_params):
+      x = jnp.concatenate([x_s, x_t]) if cfg.needs_target_features else x_s
+      logits, feats, new_stats = self._forward(merge(trainable, frozen), state.batch_stats,
+                                               x, drop_rng)
+      ce = cls_losses.softmax_cross_entropy(logits[:n], targets)
+      ce_weights, term, aux = adapt_methods.adaptation_term(
+          cfg, self._disc, disc_params, logits, feats, n, lam, x_s, x_t)
+      loss = (jnp.mean(ce) if ce_weights is None else jnp.mean(ce_weights * ce)) + term
       aux["ce"] = jnp.mean(ce)
-      return loss, (logits, new_stats, aux)
+      return loss, (logits[:n], new_stats, aux)
 
+    # Differentiate only the trainable leaves: no backward pass into frozen ones.
+    trainable, frozen = split(state.params)
     (loss, (logits, new_stats, aux)), (grads, disc_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(state.params, state.disc_params)
+        loss_fn, argnums=(0, 2), has_aux=True)(trainable, frozen, state.disc_params)
     grads = lax.pmean(grads, AXIS)
+    grads = merge(grads, jax.tree.map(jnp.zeros_like, frozen))
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    # Frozen leaves are put back as they were (p + 0 would turn -0. into 0.).
+    params = merge(split(optax.apply_updates(state.params, updates))[0], frozen)
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
     if self.discriminator is not None:
       disc_grads = lax.pmean(disc_grads, AXIS)

@@ -139,3 +139,81 @@ def test_effective_sample_size():
   assert float(domain.effective_sample_size(jnp.ones(8))) == pytest.approx(1.0)
   w = np.array([4.0, 0.0, 0.0, 0.0])
   assert float(domain.effective_sample_size(jnp.asarray(w))) == pytest.approx(0.25)
+
+
+# ---------------------------------------------------------------- DANN as published
+def test_grl_gradient_is_minus_lambda_p_times_the_plain_gradient():
+  # A domain head on features: the gradient through GRL is -lambda_p times the plain one.
+  f = _rng(20).normal(size=(6, 4)).astype(np.float32)
+  w = _rng(21).normal(size=(4,)).astype(np.float32)
+  head = lambda z: jnp.sum(jnp.tanh(z @ w))
+  for p in (0.0, 0.1, 0.5, 1.0):
+    lam = 2.0 / (1.0 + np.exp(-10.0 * p)) - 1.0
+    plain = jax.grad(head)(f)
+    reversed_ = jax.grad(lambda z: head(domain.gradient_reversal(z, domain.grl_schedule(p))))(f)
+    np.testing.assert_allclose(np.asarray(reversed_), -lam * np.asarray(plain),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_lr_annealing_and_the_optimizer_schedule_match_the_closed_form():
+  from research import optim
+  p = np.linspace(0, 1, 6)
+  want = 0.01 / (1.0 + 10.0 * p) ** 0.75
+  np.testing.assert_allclose(np.asarray(domain.lr_annealing(p, 0.01)), want, rtol=1e-6)
+  sched = optim.schedule(0.01, "anneal", num_steps=100)
+  got = [float(sched(s)) for s in (0, 20, 40, 60, 80, 100)]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # With warm-up, the annealing runs over the steps after it; other alpha / beta.
+  sched = optim.schedule(0.1, "anneal", num_steps=110, warmup_steps=10, anneal_alpha=5.0,
+                         anneal_beta=0.5)
+  np.testing.assert_allclose(float(sched(5)), 0.05, rtol=1e-6)
+  np.testing.assert_allclose(float(sched(60)), 0.1 / (1 + 5.0 * 0.5) ** 0.5, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- CDAN
+def test_multilinear_map_is_the_flattened_outer_product():
+  f = _rng(22).normal(size=(5, 4)).astype(np.float32)
+  g = _rng(23).dirichlet(np.ones(3), size=5).astype(np.float32)
+  want = np.stack([np.outer(g[i], f[i]).reshape(-1) for i in range(5)])  # torch.bmm layout
+  np.testing.assert_allclose(np.asarray(domain.multilinear_map(f, g)), want, rtol=1e-6)
+  with pytest.raises(ValueError, match=r"\(5, 4\) and \(4, 3\)"):
+    domain.multilinear_map(f, g[:4])
+
+
+def test_randomized_multilinear_map_against_numpy_and_its_inner_products():
+  f = _rng(24).normal(size=(4, 6)).astype(np.float32)
+  g = _rng(25).dirichlet(np.ones(3), size=4).astype(np.float32)
+  r_f, r_g = domain.random_matrices(6, 3, out_dim=32, seed=7)
+  assert r_f.shape == (6, 32) and r_g.shape == (3, 32)
+  r_f2, _ = domain.random_matrices(6, 3, out_dim=32, seed=7)
+  np.testing.assert_array_equal(r_f, r_f2)  # fixed by the seed
+  want = (f @ r_f) * (g @ r_g) / np.sqrt(32.0)
+  np.testing.assert_allclose(np.asarray(domain.randomized_multilinear_map(f, g, r_f, r_g)),
+                             want, rtol=1e-5, atol=1e-6)
+  # Long et al. (2018), Theorem 1: <T(h), T(h')> ~ <f, f'> <g, g'> for large d_out.
+  r_f, r_g = domain.random_matrices(6, 3, out_dim=200_000, seed=0)
+  t = np.asarray(domain.randomized_multilinear_map(f, g, r_f, r_g))
+  full = np.asarray(domain.multilinear_map(f, g))
+  np.testing.assert_allclose(t @ t.T, full @ full.T, rtol=0.05,
+                             atol=0.05 * np.abs(full @ full.T).max())
+
+
+def test_cdan_e_entropy_weights_and_weighted_loss_as_the_reference_code():
+  g = _rng(26).dirichlet(np.ones(4), size=10).astype(np.float32)
+  h = -np.sum(g * np.log(g + 1e-5), axis=1)
+  w = 1.0 + np.exp(-h)
+  np.testing.assert_allclose(np.asarray(domain.entropy_weights(g)), w, rtol=1e-5)
+  logits = _rng(27).normal(size=10).astype(np.float32)
+  # thuml/CDAN loss.py: source rows first (label 0 here: target = 1 in this codebase).
+  sig = 1 / (1 + np.exp(-logits))
+  bce = np.concatenate([-np.log(1 - sig[:6]), -np.log(sig[6:])])
+  weight = np.concatenate([w[:6] / w[:6].sum(), w[6:] / w[6:].sum()])
+  want = np.sum(weight * bce) / np.sum(weight)
+  got = domain.weighted_domain_classifier_loss(logits[:6], logits[6:], w[:6], w[6:])
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  equal = domain.weighted_domain_classifier_loss(logits[:6], logits[6:], np.ones(6), np.ones(4))
+  np.testing.assert_allclose(float(equal), float(domain.domain_classifier_loss(
+      logits[:6], logits[6:])), rtol=1e-6)
+  # Confident predictions weigh more: one-hot -> 2, uniform -> 1 + 1/C (up to eps).
+  np.testing.assert_allclose(np.asarray(domain.entropy_weights(
+      jnp.array([[1.0, 0, 0, 0], [0.25, 0.25, 0.25, 0.25]]))), [2.0, 1.25], rtol=1e-4)
