@@ -296,7 +296,9 @@ class EfficientNetLite(nn.Module):
       forward pass and input gradient as shifted multiply-adds
       (`depthwise_conv2d_shifted`), much faster than XLA's grouped
       convolution on CPU. Same parameters; outputs equal up to float
-      rounding (summation order). Off by default.
+      rounding (summation order). None (default): on when JAX's default
+      backend is the CPU, off on GPU/TPU (whose grouped-conv kernels are
+      fast); True/False force it (`uses_shifted_depthwise`).
     dtype: computation dtype (parameters are float32).
 
   Call: `model.apply(variables, x, train, return_features=False,
@@ -316,8 +318,14 @@ class EfficientNetLite(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   bn_epsilon: float = BN_EPSILON
   fast_depthwise_grad: bool = True
-  shifted_depthwise: bool = False
+  shifted_depthwise: Optional[bool] = None
   dtype: Any = jnp.float32
+
+  def uses_shifted_depthwise(self) -> bool:
+    """Whether the depthwise convs run as shifted sums (see shifted_depthwise)."""
+    if self.shifted_depthwise is None:
+      return self.fast_depthwise_grad and jax.default_backend() == "cpu"
+    return self.fast_depthwise_grad and bool(self.shifted_depthwise)
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False,
@@ -342,7 +350,7 @@ class EfficientNetLite(nn.Module):
       x = MBConvBlock(k, s, e, out, norm,
                       drop_connect_rate=self.drop_connect_rate * i / len(specs),
                       fast_depthwise_grad=self.fast_depthwise_grad,
-                      shifted_depthwise=self.shifted_depthwise,
+                      shifted_depthwise=self.uses_shifted_depthwise(),
                       dtype=self.dtype, name=f"block_{i}")(x, train)
     x = conv(TOP_FILTERS, (1, 1), name="top_conv")(x)
     x = jax.nn.relu6(norm(name="top_bn")(x))

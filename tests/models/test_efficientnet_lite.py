@@ -159,9 +159,10 @@ def test_depthwise_conv_gradients_match_xla(size, k, stride, fn):
 
 
 def test_shifted_depthwise_model_matches_default(small_lite0):
-  """shifted_depthwise=True: same parameters, same outputs up to rounding."""
+  """shifted_depthwise=False (XLA's grouped conv) vs the default (shifted on
+  the CPU): same parameters, same outputs up to rounding."""
   _, variables, x, ((logits, feats), _) = small_lite0
-  model = lite.EfficientNetLite0(num_classes=7, shifted_depthwise=True)
+  model = lite.EfficientNetLite0(num_classes=7, shifted_depthwise=False)
   got_logits, got_feats = jax.jit(functools.partial(
       model.apply, return_features=True))(variables, x)
   np.testing.assert_allclose(got_feats, feats, rtol=1e-4, atol=1e-4)
