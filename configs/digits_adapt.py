@@ -40,7 +40,10 @@ from research import config_lib
 
 _PAIRS = ("mnistm", "uci")
 _VARIANTS = _PAIRS + ("quick",)
-METHODS = ("source_only", "dann", "cdan", "cdan_e", "coral", "mmd", "importance", "oracle")
+# The MNIST-M-style target written by scripts/make_mnistm_npz.py (run it once first).
+MNISTM_NPZ = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "runs", "data", "mnistm5k", "{split}.npz")
+METHODS = ("source_only", "dann", "oracle", "cdan", "cdan_e", "coral", "mmd", "importance")
 
 
 def _pair(args) -> str:
@@ -65,7 +68,7 @@ def get_config(arg: str = ""):
   c.pair = {"mnistm": "mnist5k->mnistm5k", "uci": "mnist5k->uci_digits"}[pair]  # a label
   c.data.image_size = 28  # source, as stored
   c.target = ml_collections.ConfigDict(dict(
-      name={"mnistm": "mnistm5k", "uci": "uci_digits"}[pair], train_split="train",
+      name={"mnistm": MNISTM_NPZ, "uci": "uci_digits"}[pair], train_split="train",
       eval_split="test", data_dir="", image_size=28, holdout_per_class=20, holdout_seed=0))
   c.input.channels = 3 if pair == "mnistm" else 0
   c.adapt = ml_collections.ConfigDict(dict(

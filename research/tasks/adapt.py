@@ -91,6 +91,28 @@ def standardize_per_image(x: jax.Array, eps: float = 1e-3) -> jax.Array:
   return (x - mean) / jnp.maximum(std, eps)
 
 
+def load_domain(block, split: str) -> dict:
+  """{'image': uint8 [N, H, W, C], 'label': int32 [N]} of `split` of a target block.
+
+  `block.name` is a dataset name (research.data.load) or an .npz path template
+  with '{split}' (e.g. 'runs/data/mnistm5k/{split}.npz', written by
+  scripts/make_mnistm_npz.py); `block.image_size` resizes on load (0 = as stored).
+  """
+  from research import data  # pylint: disable=g-import-not-at-top
+  if block.name.endswith(".npz"):
+    if "{split}" not in block.name:
+      raise ValueError(f"target.name={block.name!r}: an .npz target needs a '{{split}}' "
+                       f"placeholder for its train and test files")
+    arrays = data.load_npz(block.name.format(split=split))
+    size = block.get("image_size", 0)
+    if size and arrays["image"].shape[1:3] != (size, size):
+      from research.data import sources  # pylint: disable=g-import-not-at-top
+      arrays["image"] = sources.resize_uint8(arrays["image"], size)
+    return arrays
+  return data.load(block.name, split, block.get("data_dir") or None,
+                   block.get("image_size", 0))
+
+
 class AdaptTask(classify.ClassifyTask):
   """ClassifyTask on a labelled source with an unlabelled target and an adaptation term."""
 
@@ -109,8 +131,7 @@ class AdaptTask(classify.ClassifyTask):
   def _target_train_and_val(self):
     from research import data  # pylint: disable=g-import-not-at-top
     t = self.target_cfg
-    arrays = data.load(t.name, t.get("train_split", "train"), t.get("data_dir") or None,
-                       t.get("image_size", 0))
+    arrays = load_domain(t, t.get("train_split", "train"))
     per_class = t.get("holdout_per_class", 0)
     if per_class:
       return data.split_holdout(arrays, per_class, t.get("holdout_seed", 0))
@@ -133,8 +154,7 @@ class AdaptTask(classify.ClassifyTask):
   def eval_data(self, ctx: base.DataContext):
     from research import data  # pylint: disable=g-import-not-at-top
     t, d = self.target_cfg, self.config.data
-    sets = {TARGET_TEST: data.load(t.name, t.get("eval_split", "test"),
-                                   t.get("data_dir") or None, t.get("image_size", 0)),
+    sets = {TARGET_TEST: load_domain(t, t.get("eval_split", "test")),
             SOURCE_TEST: data.load(d.name, d.get("eval_split", "test"),
                                    d.get("data_dir") or None, d.get("image_size", 0))}
     _, val = self._target_train_and_val()
