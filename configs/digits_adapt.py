@@ -4,7 +4,8 @@ Pairs (the variant; default mnistm):
   mnistm  mnist5k (labelled, gray) -> mnistm5k (unlabelled, MNIST digits blended
           with photo patches, colour); both fed as 3 channels (gray repeated).
   uci     mnist5k -> uci_digits (8x8, upsampled to 28x28 on load).
-Other variants (comma-separated): quick (a < 1 minute smoke run).
+Other variants (comma-separated): quick (a < 1 minute smoke run), paper (the DANN
+paper's MNIST network, research.models.domain.DannMnistNet, instead of the small CNN).
 
   python scripts/train.py --config configs/digits_adapt.py:mnistm --workdir runs/adapt/dann \
       --config.adapt.method=dann
@@ -39,7 +40,7 @@ import ml_collections
 from research import config_lib
 
 _PAIRS = ("mnistm", "uci")
-_VARIANTS = _PAIRS + ("quick",)
+_VARIANTS = _PAIRS + ("quick", "paper")
 # The MNIST-M-style target written by scripts/make_mnistm_npz.py (run it once first).
 MNISTM_NPZ = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "runs", "data", "mnistm5k", "{split}.npz")
@@ -103,6 +104,8 @@ def get_config(arg: str = ""):
   c.checkpoint_every = c.num_steps // 2
   c.log_every = 50
   c.best_metric = ""  # no checkpoint chosen by a test metric
+  if "paper" in args:  # the DANN paper's MNIST network (features: the 768-d conv output)
+    c.model = ml_collections.ConfigDict(dict(name="dann_mnist", num_classes=10, dropout=0.0))
   if "quick" in args:
     c.num_steps = 40
     c.eval_every = 20

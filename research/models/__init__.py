@@ -16,6 +16,7 @@ _MODELS = {
     "dcgan_discriminator": "research.models.gan:Discriminator",
     "vae": "research.models.vae:VAE",
     "domain_discriminator": "research.models.domain:DomainDiscriminator",
+    "dann_mnist": "research.models.domain:DannMnistNet",
     "efficientnet_lite0": "research.models.efficientnet_lite:EfficientNetLite0",
     "efficientnet_lite1": "research.models.efficientnet_lite:EfficientNetLite1",
     "efficientnet_lite2": "research.models.efficientnet_lite:EfficientNetLite2",
