@@ -12,9 +12,13 @@ Configured by a `data` ConfigDict:
     validation (0 = none); the trainer evaluates them as the 'val' set
   synthetic: path of an .npz of generated {'image','label'} ('' = none)
   synthetic_ratio: fraction of every training batch drawn from `synthetic`
+  frame, frame_size, frame_threshold, frame_levels: digit framing of every
+    split on load, before the resize to image_size (research/data/frame.py;
+    absent or frame='' = none)
 """
 from __future__ import annotations
 
+from research.data import frame
 from research.data.pipeline import (ArrayIterator, MixIterator, ZipIterator,  # noqa: F401
                                     eval_batches as eval_batches_from_arrays,
                                     few_shot, few_shot_indices, split_holdout,
@@ -23,9 +27,22 @@ from research.data.sources import (DatasetNotPreparedError, load, load_npz,  # n
                                    names)
 
 
+def load_split(cfg, split: str) -> dict:
+  """`split` of the dataset a data config names, framed (data.frame) and resized.
+
+  Returns:
+    {'image': uint8 [N, S, S, C] in [0, 255], 'label': int32 [N]}.
+  """
+  framed = bool(cfg.get("frame", ""))
+  arrays = load(cfg.name, split, cfg.get("data_dir") or None,
+                0 if framed else cfg.get("image_size", 0))
+  if framed:  # on the images as stored, then resized to image_size
+    arrays["image"] = frame.frame_and_resize(arrays["image"], cfg)
+  return arrays
+
+
 def _train_val(cfg) -> tuple[dict, dict]:
-  arrays = load(cfg.name, cfg.get("train_split", "train"), cfg.get("data_dir") or None,
-                cfg.get("image_size", 0))
+  arrays = load_split(cfg, cfg.get("train_split", "train"))
   k, val = cfg.get("few_shot_k", 0), cfg.get("few_shot_val", 0)
   if not k and not val:
     return arrays, {}
@@ -58,8 +75,7 @@ def train_iterator(cfg, ctx, seed_offset: int = 0):
 
 def eval_batches(cfg, ctx, global_batch_size: int, split: str | None = None):
   """A callable giving one padded pass over the eval split (see pipeline.eval_batches)."""
-  arrays = load(cfg.name, split or cfg.get("eval_split", "test"),
-                cfg.get("data_dir") or None, cfg.get("image_size", 0))
+  arrays = load_split(cfg, split or cfg.get("eval_split", "test"))
   return eval_batches_from_arrays(arrays, global_batch_size, ctx.process_index,
                                   ctx.process_count)
 

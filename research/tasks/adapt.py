@@ -37,6 +37,8 @@ annealing is `optimizer.schedule = 'anneal'`.
 Config fields read here (beside ClassifyTask's, which describe the classifier
 and its optimizer; `data` is the source dataset):
   target.name, target.train_split, target.eval_split, target.image_size,
+  target.frame, target.frame_size, target.frame_threshold, target.frame_levels
+  (digit framing, research/data/frame.py; `data.frame...` frames the source),
   target.holdout_per_class (0 = no held-out slice), target.holdout_seed
   adapt.* (research.tasks.adapt_methods.MethodConfig)
 Classification's optimizer fields apply to the classifier as they do there:
@@ -95,8 +97,9 @@ def load_domain(block, split: str) -> dict:
   """{'image': uint8 [N, H, W, C], 'label': int32 [N]} of `split` of a target block.
 
   `block.name` is a dataset name (research.data.load) or an .npz path template
-  with '{split}' (e.g. 'runs/data/mnistm5k/{split}.npz', written by
-  scripts/make_mnistm_npz.py); `block.image_size` resizes on load (0 = as stored).
+  with '{split}' holding {'image', 'label'}; the block's framing fields
+  (`frame`, ...; research/data/frame.py) and `image_size` (0 = as stored)
+  apply on load, as for a `data` block.
   """
   from research import data  # pylint: disable=g-import-not-at-top
   if block.name.endswith(".npz"):
@@ -104,13 +107,9 @@ def load_domain(block, split: str) -> dict:
       raise ValueError(f"target.name={block.name!r}: an .npz target needs a '{{split}}' "
                        f"placeholder for its train and test files")
     arrays = data.load_npz(block.name.format(split=split))
-    size = block.get("image_size", 0)
-    if size and arrays["image"].shape[1:3] != (size, size):
-      from research.data import sources  # pylint: disable=g-import-not-at-top
-      arrays["image"] = sources.resize_uint8(arrays["image"], size)
+    arrays["image"] = data.frame.frame_and_resize(arrays["image"], block)
     return arrays
-  return data.load(block.name, split, block.get("data_dir") or None,
-                   block.get("image_size", 0))
+  return data.load_split(block, split)
 
 
 class AdaptTask(classify.ClassifyTask):
@@ -155,8 +154,7 @@ class AdaptTask(classify.ClassifyTask):
     from research import data  # pylint: disable=g-import-not-at-top
     t, d = self.target_cfg, self.config.data
     sets = {TARGET_TEST: load_domain(t, t.get("eval_split", "test")),
-            SOURCE_TEST: data.load(d.name, d.get("eval_split", "test"),
-                                   d.get("data_dir") or None, d.get("image_size", 0))}
+            SOURCE_TEST: data.load_split(d, d.get("eval_split", "test"))}
     _, val = self._target_train_and_val()
     if val is not None:
       sets[TARGET_VAL] = val

@@ -249,3 +249,26 @@ def test_npz_target_with_split_placeholder_trains_and_evaluates(tmp_path):
   with pytest.raises(ValueError, match="needs a '{split}' placeholder"):
     AdaptTask(_config("mnistm", **{"target.name": "x.npz"})).eval_data(
         DataContext(global_batch_size=16, seed=0))
+
+
+def test_framing_applies_to_source_and_target_blocks_on_load():
+  from research import data
+  from research.data import frame, sources
+  # The 'frame' variant frames the source (mnist5k) only; the target framed by its fields.
+  c = config_lib.apply_overrides(config_lib.load(f"{_CONFIG}:uci,quick,frame"), {
+      "target.frame": "bbox", "target.frame_levels": 17, "target.holdout_per_class": 0})
+  assert (c.data.frame, c.data.frame_size, c.data.frame_levels) == ("bbox", 8, 17)
+  task = AdaptTask(c)
+  ctx = DataContext(global_batch_size=16, seed=0)
+  want = lambda name, split: sources.resize_uint8(frame.frame_images(
+      data.load(name, split)["image"], "bbox", size=8, levels=17), 28)
+  sets = [b for b in task.eval_data(ctx)()]
+  images = np.concatenate([b["image"][b["mask"] > 0] for b in sets])
+  domains = np.concatenate([b["domain"][b["mask"] > 0] for b in sets])
+  np.testing.assert_array_equal(images[domains == 0], want("uci_digits", "test"))
+  np.testing.assert_array_equal(images[domains == 1], want("mnist5k", "test"))
+  # Training streams: every source batch image is a framed mnist5k train image.
+  batch = next(task.train_data(ctx))
+  framed_train = want("mnist5k", "train").reshape(-1, 28 * 28)
+  for im in batch["source"]["image"]:
+    assert (framed_train == im.reshape(1, -1)).all(axis=1).any()
