@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from research.augment import _checks
+from research.augment import registry
 
 # ITU-R 601-2 luma, as PIL's convert('L') and torchvision.
 LUMA = (0.299, 0.587, 0.114)
@@ -333,29 +334,40 @@ def _factor_op(name, fn, strength, channels, batch_arg=None):
   return PixelOp(name, apply, channels, batch_fn)
 
 
+@registry.register('identity')
+def identity_op():
+  """Returns the image unchanged (RandAugment's no-op, and a placeholder in specs)."""
+  return PixelOp('identity', lambda key, image: image)
+
+
+@registry.register('brightness')
 def brightness_op(strength=0.4):
   """Brightness factor ~ U[max(0, 1 - s), 1 + s] (or a range)."""
   return _factor_op('brightness', adjust_brightness, strength, None,
                     'brightness')
 
 
+@registry.register('contrast')
 def contrast_op(strength=0.4):
   """Contrast factor ~ U[max(0, 1 - s), 1 + s] (or a range)."""
   return _factor_op('contrast', adjust_contrast, strength, (1, 3),
                     'contrast')
 
 
+@registry.register('saturation')
 def saturation_op(strength=0.4):
   """Saturation factor ~ U[max(0, 1 - s), 1 + s] (or a range)."""
   return _factor_op('saturation', adjust_saturation, strength, (3,),
                     'saturation')
 
 
+@registry.register('sharpness')
 def sharpness_op(strength=0.5):
   """Sharpness factor ~ U[max(0, 1 - s), 1 + s] (or a range)."""
   return _factor_op('sharpness', adjust_sharpness, strength, None)
 
 
+@registry.register('hue')
 def hue_op(strength=0.1):
   """Hue shift ~ U[-h, h] turns, h in [0, 0.5] (or a range)."""
   _checks.check_in('hue', 'strength', strength, -0.5, 0.5)
@@ -366,6 +378,7 @@ def hue_op(strength=0.1):
                  (3,))
 
 
+@registry.register('color_jitter')
 def color_jitter_op(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0):
   """torchvision ColorJitter strengths, applied in the FIXED order
   brightness, contrast, saturation, hue (torchvision permutes the order per
@@ -420,11 +433,13 @@ def color_jitter_op(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0):
   return PixelOp('color_jitter', fn, channels, batch_fn, head, tail)
 
 
+@registry.register('grayscale')
 def grayscale_op():
   """Converts to grayscale (use `p=` / random_apply for RandomGrayscale)."""
   return PixelOp('grayscale', lambda key, img: to_grayscale(img), (1, 3))
 
 
+@registry.register('gamma')
 def gamma_op(gamma=(0.7, 1.5)):
   """gamma ~ U[a, b] with 0 < a <= b, or a fixed number."""
   rng = _checks.as_range('gamma', 'gamma', gamma, None, 1e-3, 1e3)
@@ -432,6 +447,7 @@ def gamma_op(gamma=(0.7, 1.5)):
                                                         _uniform(key, rng)))
 
 
+@registry.register('solarize')
 def solarize_op(threshold=0.5):
   """Solarize at a threshold in [0, 1] (fixed or a range)."""
   rng = _checks.as_range('solarize', 'threshold', threshold, None, 0.0, 1.0)
@@ -439,6 +455,7 @@ def solarize_op(threshold=0.5):
                                                        _uniform(key, rng)))
 
 
+@registry.register('posterize')
 def posterize_op(bits=4):
   """Posterize to `bits` in [1, 8] (fixed int or an int range)."""
   rng = _checks.as_range('posterize', 'bits', bits, None, 1, 8)
@@ -450,18 +467,22 @@ def posterize_op(bits=4):
   return PixelOp('posterize', fn)
 
 
+@registry.register('equalize')
 def equalize_op():
   return PixelOp('equalize', lambda key, img: equalize(img))
 
 
+@registry.register('autocontrast')
 def autocontrast_op():
   return PixelOp('autocontrast', lambda key, img: autocontrast(img))
 
 
+@registry.register('invert')
 def invert_op():
   return PixelOp('invert', lambda key, img: invert(img))
 
 
+@registry.register('blur')
 def blur_op(sigma=(0.1, 2.0), radius: int | None = None):
   """Gaussian blur, sigma ~ U[a, b] pixels; radius defaults to ceil(3 b)."""
   rng = _checks.as_range('blur', 'sigma', sigma, None, 1e-3, 1e3)
@@ -470,6 +491,7 @@ def blur_op(sigma=(0.1, 2.0), radius: int | None = None):
       img, _uniform(key, rng), r))
 
 
+@registry.register('noise')
 def noise_op(std=0.05):
   """Additive Gaussian noise, std in [0, 1] fixed or ~ U[a, b], clipped."""
   rng = _checks.as_range('noise', 'std', std, None, 0.0, 1.0)

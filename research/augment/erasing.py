@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from research.augment import _checks
+from research.augment import registry
 from research.augment.color import PixelOp
 
 
@@ -31,6 +32,7 @@ def erase(image, top, left, height, width, fill=0.0):
   return image * (1.0 - m) + m * fill
 
 
+@registry.register('cutout')
 def cutout_op(size=0.5, fill=0.0):
   """Cutout (DeVries & Taylor 2017): a square whose centre is uniform over
   the image (so it may be partly outside) is set to `fill`.
@@ -60,6 +62,7 @@ def cutout_op(size=0.5, fill=0.0):
   return PixelOp('cutout', fn)
 
 
+@registry.register('random_erasing')
 def random_erasing_op(scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0,
                       attempts: int = 10):
   """torchvision RandomErasing (apply it always; use p= for its

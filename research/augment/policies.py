@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.augment import _checks
+from research.augment import registry
 from research.augment import color
 from research.augment import geometric as geo
 from research.augment.color import PixelOp
@@ -329,6 +330,7 @@ def _auto_augment_op(op, layer_fn, num_layers, sampling):
                  batch_fn if sampling == 'batch_slices' else None)
 
 
+@registry.register('rand_augment')
 def rand_augment(num_ops: int = 2, magnitude: int = 9,
                  num_magnitude_bins: int = 31, sampling: str = 'per_image'):
   """RandAugment (Cubuk et al. 2020) with torchvision's 14 ops and
@@ -361,6 +363,7 @@ def rand_augment(num_ops: int = 2, magnitude: int = 9,
   return _auto_augment_op(op, layer, num_ops, sampling)
 
 
+@registry.register('trivial_augment_wide')
 def trivial_augment_wide(num_magnitude_bins: int = 31,
                          sampling: str = 'per_image'):
   """TrivialAugmentWide (Mueller & Hutter 2021): one uniformly chosen op at

@@ -12,49 +12,20 @@ from __future__ import annotations
 
 import ast
 import inspect
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from research.augment import _checks
-from research.augment import color
-from research.augment import erasing
+# The op modules register their ops on import (research/augment/registry.py).
+from research.augment import color  # noqa: F401  pylint: disable=unused-import
+from research.augment import erasing  # noqa: F401  pylint: disable=unused-import
 from research.augment import geometric as geo
 from research.augment import policies
+from research.augment import registry
 from research.augment.geometric import GeometricOp
 
-# name -> factory(*args, **kwargs) returning an op(key, image).
-OPS: dict[str, Callable] = {
-    'identity': lambda: color.PixelOp('identity', lambda key, image: image),
-    'flip_lr': geo.flip_lr_op,
-    'flip_ud': geo.flip_ud_op,
-    'affine': geo.affine_op,
-    'rotate': geo.rotate_op,
-    'translate': geo.translate_op,
-    'random_resized_crop': geo.random_resized_crop_op,
-    'pad_crop': geo.pad_crop_op,
-    'resize': geo.resize_op,
-    'brightness': color.brightness_op,
-    'contrast': color.contrast_op,
-    'saturation': color.saturation_op,
-    'hue': color.hue_op,
-    'color_jitter': color.color_jitter_op,
-    'grayscale': color.grayscale_op,
-    'gamma': color.gamma_op,
-    'solarize': color.solarize_op,
-    'posterize': color.posterize_op,
-    'equalize': color.equalize_op,
-    'autocontrast': color.autocontrast_op,
-    'invert': color.invert_op,
-    'sharpness': color.sharpness_op,
-    'blur': color.blur_op,
-    'noise': color.noise_op,
-    'cutout': erasing.cutout_op,
-    'random_erasing': erasing.random_erasing_op,
-    'rand_augment': policies.rand_augment,
-    'trivial_augment_wide': policies.trivial_augment_wide,
-}
+OPS = registry.OPS  # filled by @registry.register where each op is defined
 
 
 def _split_top_level(spec: str):

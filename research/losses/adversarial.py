@@ -22,13 +22,43 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-KINDS = ("non_saturating", "hinge", "least_squares", "wasserstein")
+# kind -> loss, one table per network; filled by @register below (a new kind is a
+# decorated function for D and one for G, next to these).
+DISCRIMINATOR_LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {}
+GENERATOR_LOSSES: dict[str, Callable[[jax.Array], jax.Array]] = {}
 
 
-def _check_kind(kind: str, fn: str):
-  if kind not in KINDS:
-    raise ValueError(f"losses.adversarial.{fn}: kind must be one of {KINDS}, "
-                     f"got {kind!r}")
+def register(kind: str, network: str) -> Callable[[Callable], Callable]:
+  """Registers the decorated loss as `kind`'s loss for `network`.
+
+  Args:
+    kind: the loss's name in configs (`loss=...`).
+    network: 'discriminator' (a function of real and fake logits) or
+      'generator' (a function of fake logits).
+  """
+  table = {"discriminator": DISCRIMINATOR_LOSSES, "generator": GENERATOR_LOSSES}.get(network)
+  if table is None:
+    raise ValueError(f"losses.adversarial.register: network must be 'discriminator' or "
+                     f"'generator', got {network!r}")
+
+  def decorator(fn: Callable) -> Callable:
+    if kind in table:
+      raise ValueError(f"losses.adversarial: {network} loss {kind!r} is already registered")
+    table[kind] = fn
+    return fn
+
+  return decorator
+
+
+def kinds() -> tuple[str, ...]:
+  """The loss kinds with both a discriminator and a generator loss."""
+  return tuple(k for k in DISCRIMINATOR_LOSSES if k in GENERATOR_LOSSES)
+
+
+def _lookup(table: dict, kind: str, fn: str) -> Callable:
+  if kind not in kinds():
+    raise ValueError(f"losses.adversarial.{fn}: kind must be one of {kinds()}, got {kind!r}")
+  return table[kind]
 
 
 def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array,
@@ -38,25 +68,13 @@ def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array,
   Args:
     real_logits: float [B] (or any shape), D's outputs on real data.
     fake_logits: float [B'] (or any shape), D's outputs on generated data.
-    kind: one of `KINDS`.
+    kind: one of `kinds()`.
 
   Returns:
     float32 scalar; the sum of the real-term mean and the fake-term mean.
   """
-  _check_kind(kind, "discriminator_loss")
-  real_logits = jnp.asarray(real_logits, jnp.float32)
-  fake_logits = jnp.asarray(fake_logits, jnp.float32)
-  if kind == "non_saturating":
-    # -log sigmoid(r) = softplus(-r); -log(1 - sigmoid(f)) = softplus(f).
-    return (jnp.mean(jax.nn.softplus(-real_logits))
-            + jnp.mean(jax.nn.softplus(fake_logits)))
-  if kind == "hinge":
-    return (jnp.mean(jax.nn.relu(1.0 - real_logits))
-            + jnp.mean(jax.nn.relu(1.0 + fake_logits)))
-  if kind == "least_squares":
-    return (0.5 * jnp.mean(jnp.square(real_logits - 1.0))
-            + 0.5 * jnp.mean(jnp.square(fake_logits)))
-  return jnp.mean(fake_logits) - jnp.mean(real_logits)  # wasserstein
+  loss = _lookup(DISCRIMINATOR_LOSSES, kind, "discriminator_loss")
+  return loss(jnp.asarray(real_logits, jnp.float32), jnp.asarray(fake_logits, jnp.float32))
 
 
 def generator_loss(fake_logits: jax.Array,
@@ -65,18 +83,49 @@ def generator_loss(fake_logits: jax.Array,
 
   Args:
     fake_logits: float [B] (or any shape), D's outputs on G's samples.
-    kind: one of `KINDS`.
+    kind: one of `kinds()`.
 
   Returns:
     float32 scalar.
   """
-  _check_kind(kind, "generator_loss")
-  fake_logits = jnp.asarray(fake_logits, jnp.float32)
-  if kind == "non_saturating":
-    return jnp.mean(jax.nn.softplus(-fake_logits))
-  if kind == "least_squares":
-    return 0.5 * jnp.mean(jnp.square(fake_logits - 1.0))
-  return -jnp.mean(fake_logits)  # hinge and wasserstein
+  return _lookup(GENERATOR_LOSSES, kind, "generator_loss")(jnp.asarray(fake_logits, jnp.float32))
+
+
+@register("non_saturating", "discriminator")
+def non_saturating_discriminator(real_logits, fake_logits):
+  # -log sigmoid(r) = softplus(-r); -log(1 - sigmoid(f)) = softplus(f).
+  return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+
+
+@register("non_saturating", "generator")
+def non_saturating_generator(fake_logits):
+  return jnp.mean(jax.nn.softplus(-fake_logits))
+
+
+@register("hinge", "discriminator")
+def hinge_discriminator(real_logits, fake_logits):
+  return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
+
+
+@register("hinge", "generator")
+@register("wasserstein", "generator")
+def negated_critic_generator(fake_logits):
+  return -jnp.mean(fake_logits)
+
+
+@register("least_squares", "discriminator")
+def least_squares_discriminator(real_logits, fake_logits):
+  return 0.5 * jnp.mean(jnp.square(real_logits - 1.0)) + 0.5 * jnp.mean(jnp.square(fake_logits))
+
+
+@register("least_squares", "generator")
+def least_squares_generator(fake_logits):
+  return 0.5 * jnp.mean(jnp.square(fake_logits - 1.0))
+
+
+@register("wasserstein", "discriminator")
+def wasserstein_discriminator(real_logits, fake_logits):
+  return jnp.mean(fake_logits) - jnp.mean(real_logits)
 
 
 def _per_example_grad_sq_norm(discriminator: Callable[[jax.Array], jax.Array],

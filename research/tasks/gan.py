@@ -95,8 +95,8 @@ class GANTask(base.Task):
         spectral_norm=d.get("spectral_norm", False),
         num_downsamples=d.get("num_downsamples", 2))
     self.loss_kind = config.get("loss", "non_saturating")
-    if self.loss_kind not in adversarial.KINDS:
-      raise ValueError(f"gan task: loss must be one of {adversarial.KINDS}, got "
+    if self.loss_kind not in adversarial.kinds():
+      raise ValueError(f"gan task: loss must be one of {adversarial.kinds()}, got "
                        f"{self.loss_kind!r}")
     self.n_critic = config.get("n_critic", 1)
     if self.n_critic < 1:

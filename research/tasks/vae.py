@@ -38,6 +38,16 @@ from research.tasks import base
 from research.tasks.sample_grid import save_image_grid
 
 
+# model.likelihood -> log p(x | z) per example from (decoder outputs, x, the fixed
+# Gaussian log-scale); every likelihood the decoder can parameterise has a row.
+LOG_LIKELIHOODS = {
+    "bernoulli": lambda out, x, _: elbo_lib.bernoulli_log_likelihood(out[0], x),
+    "gaussian": lambda out, x, log_scale: elbo_lib.gaussian_log_likelihood(out[0], x, log_scale),
+    "gaussian_learned": lambda out, x, _: elbo_lib.gaussian_log_likelihood(out[0], x, out[1]),
+    "logistic": lambda out, x, _: elbo_lib.discretized_logistic_log_likelihood(out[0], out[1], x),
+}
+
+
 @flax.struct.dataclass
 class VAEState:
   step: jax.Array
@@ -54,6 +64,9 @@ class VAETask(base.Task):
     self.conditional = bool(m.get("conditional", False))
     self.num_classes = m.get("num_classes", 10)
     self.likelihood = m.get("likelihood", "bernoulli")
+    if self.likelihood not in LOG_LIKELIHOODS:
+      raise ValueError(f"vae task: model.likelihood must be one of {sorted(LOG_LIKELIHOODS)}, "
+                       f"got {self.likelihood!r}")
     self.image_shape = (m.image_size, m.image_size, m.channels)
     self.model = vae_models.VAE(
         image_shape=self.image_shape, latent_dim=m.latent_dim, width=m.width,
@@ -80,15 +93,7 @@ class VAETask(base.Task):
 
   def log_likelihood(self, decoder_out, x):
     """log p(x | z) per example, float32 [N], from the decoder's parameters."""
-    if self.likelihood == "bernoulli":
-      return elbo_lib.bernoulli_log_likelihood(decoder_out[0], x)
-    if self.likelihood == "gaussian":
-      return elbo_lib.gaussian_log_likelihood(decoder_out[0], x,
-                                              self.gaussian_log_scale)
-    if self.likelihood == "gaussian_learned":
-      return elbo_lib.gaussian_log_likelihood(decoder_out[0], x, decoder_out[1])
-    return elbo_lib.discretized_logistic_log_likelihood(decoder_out[0],
-                                                        decoder_out[1], x)
+    return LOG_LIKELIHOODS[self.likelihood](decoder_out, x, self.gaussian_log_scale)
 
   def decode_mean(self, params, z, labels=None):
     """Mean image float32 [N, H, W, C] in [0, 1] for latents z [N, latent_dim]."""

@@ -81,3 +81,30 @@ def test_gradient_penalty_quadratic_discriminator():
   np.testing.assert_allclose(gp, np.mean((norms - 1) ** 2), rtol=1e-5)
   np.testing.assert_allclose(adversarial.r1_penalty(disc, real),
                              np.mean(norms ** 2), rtol=1e-5)
+
+
+def test_a_new_loss_is_a_registered_pair_of_functions():
+  """Registering a toy kind makes it usable by name; no kind falls through to a default."""
+  @adversarial.register("toy_linear", "discriminator")
+  def toy_d(real_logits, fake_logits):
+    return jnp.mean(fake_logits) - 2.0 * jnp.mean(real_logits)
+
+  with pytest.raises(ValueError, match="kind must be one of"):  # no generator half yet
+    adversarial.discriminator_loss(jnp.ones(3), jnp.zeros(3), "toy_linear")
+
+  @adversarial.register("toy_linear", "generator")
+  def toy_g(fake_logits):
+    return -3.0 * jnp.mean(fake_logits)
+
+  try:
+    assert "toy_linear" in adversarial.kinds()
+    np.testing.assert_allclose(
+        adversarial.discriminator_loss(jnp.array([1.0, 3.0]), jnp.array([0.5]), "toy_linear"),
+        0.5 - 2.0 * 2.0)
+    np.testing.assert_allclose(adversarial.generator_loss(jnp.array([2.0]), "toy_linear"), -6.0)
+  finally:
+    del adversarial.DISCRIMINATOR_LOSSES["toy_linear"], adversarial.GENERATOR_LOSSES["toy_linear"]
+  for fn in (lambda: adversarial.generator_loss(jnp.ones(2), "hinge_typo"),
+             lambda: adversarial.discriminator_loss(jnp.ones(2), jnp.ones(2), "toy_linear")):
+    with pytest.raises(ValueError, match="kind must be one of"):
+      fn()
