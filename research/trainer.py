@@ -9,6 +9,7 @@ everything model-specific lives in the task (research/tasks/base.py).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from research import params as params_lib
 from research import parallel, tasks
 from research.tasks.base import DataContext
 
@@ -133,23 +135,90 @@ def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
                                options=options)
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used: unreadable, altered since it was saved, or non-finite."""
+
+
+def state_checksums(state) -> dict[str, str]:
+  """{leaf path: sha256 of its dtype, shape and bytes} for every array of a host state."""
+  out = {}
+  for name, x in params_lib.flatten(state).items():
+    x = np.ascontiguousarray(np.asarray(x))
+    h = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
+    h.update(x.tobytes())
+    out[name] = h.hexdigest()
+  return out
+
+
+def _nonfinite_leaves(state) -> list[str]:
+  return [name for name, x in params_lib.flatten(state).items()
+          if np.issubdtype(np.asarray(x).dtype, np.inexact) and not np.isfinite(x).all()]
+
+
+def verify_state(state, checksums: dict[str, str] | None) -> None:
+  """Raises CheckpointError if a restored host state is non-finite or differs from `checksums`."""
+  bad = _nonfinite_leaves(state)
+  if bad:
+    raise CheckpointError(f"non-finite values in {len(bad)} array(s), first {bad[0]!r}")
+  if checksums is None:
+    return
+  now = state_checksums(state)
+  differ = sorted(k for k in set(now) | set(checksums) if now.get(k) != checksums.get(k))
+  if differ:
+    raise CheckpointError(f"sha256 mismatch in {len(differ)} array(s), first {differ[0]!r}: "
+                          f"the files changed after they were saved")
+
+
 def save_checkpoint(mngr, step: int, state, data_state: dict, metrics=None) -> None:
+  """Saves the state, the data-iterator state and a sha256 per array (checked on restore).
+
+  Raises NonFiniteLossError (and saves nothing) if the state holds a non-finite value, so
+  every checkpoint on disk is finite.
+  """
+  host = jax.device_get(state)
+  bad = _nonfinite_leaves(host)
+  if bad:
+    raise NonFiniteLossError(f"non-finite values in the state at step {step} ({len(bad)} "
+                             f"array(s), first {bad[0]!r}); not saved")
   if jax.process_count() > 1:
     # pmap outputs are host-local arrays, which orbax cannot write across hosts;
     # the state is identical on every process, so write its host copy.
-    state = jax.device_get(state)
+    state = host
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          data=ocp.args.JsonSave(data_state)),
+                                          data=ocp.args.JsonSave(data_state),
+                                          checksums=ocp.args.JsonSave(state_checksums(host))),
             metrics=metrics, force=True)
 
 
-def restore_checkpoint(mngr, abstract_state) -> tuple[int, Any, dict] | None:
-  """Restores the newest readable checkpoint, falling back to older ones if it is corrupt."""
+def _read_checkpoint(mngr, step: int, abstract_state) -> tuple[Any, dict]:
+  """(host-verified state, data state) of checkpoint `step`; CheckpointError if altered."""
+  has_sums = os.path.isdir(os.path.join(str(mngr.directory), str(step), "checksums"))
+  items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+  if has_sums:
+    items["checksums"] = ocp.args.JsonRestore()
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  if not has_sums:
+    log.warning("checkpoint at step %d has no checksums (written by an older version); "
+                "only its finiteness is checked", step)
+  verify_state(jax.device_get(restored["state"]), restored.get("checksums"))
+  return restored["state"], restored["data"]
+
+
+def restore_checkpoint(mngr, abstract_state, set_data_state=None
+                       ) -> tuple[int, Any, dict] | None:
+  """Restores the newest usable checkpoint, falling back to older ones.
+
+  A checkpoint is unusable if it cannot be read, its arrays differ from the sha256
+  saved with them, it holds a non-finite value, or `set_data_state(data_state)`
+  (the data iterator taking its saved position) raises. Unusable checkpoints are
+  moved to `checkpoints_unreadable/` with a warning naming the step and the reason.
+  """
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      restored = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-      return step, restored["state"], restored["data"]
+      state, data_state = _read_checkpoint(mngr, step, abstract_state)
+      if set_data_state is not None:
+        set_data_state(data_state)
+      return step, state, data_state
     except Exception as e:  # pylint: disable=broad-except
       # Move it aside (kept for inspection) so the resumed run can save this step again.
       aside = os.path.join(os.path.dirname(str(mngr.directory)), "checkpoints_unreadable",
@@ -188,9 +257,8 @@ def load_state(workdir: str, config=None, step: int | None = None):
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))
-  return task, restored["state"]
+  state, _ = _read_checkpoint(mngr, step, abstract)
+  return task, state
 
 
 # ---------------------------------------------------------------- progress
@@ -245,6 +313,17 @@ def _first_nonfinite(history: list[tuple[int, dict]]) -> int | None:
   return None
 
 
+def _last_checkpoint_note(mngr) -> str:
+  """Names the newest checkpoint on disk (each was verified finite when saved or restored)."""
+  mngr.wait_until_finished()
+  mngr.reload()
+  steps = mngr.all_steps()
+  if not steps:
+    return f"No checkpoint has been saved in {mngr.directory} yet."
+  return (f"The last good checkpoint (step {max(steps)}) is kept in {mngr.directory}; "
+          f"rerunning resumes from it.")
+
+
 # ---------------------------------------------------------------- main entry
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.task` as the config says, in `workdir`; returns the final eval metrics.
@@ -286,10 +365,11 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
   step = 0
   abstract = (jax.device_get(state) if jax.process_count() > 1
               else jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
-  restored = restore_checkpoint(mngr, abstract)
-  if restored is not None:
-    step, state, data_state = restored
-    train_iter.set_state(data_state)
+  restored = restore_checkpoint(mngr, abstract, train_iter.set_state)
+  if restored is None:
+    train_iter.set_state(start)  # a rejected checkpoint may have moved it
+  else:
+    step, state, _ = restored
     log.info("resumed from step %d", step)
     print(f"Resumed {workdir} from step {step}", flush=True)
   state = dp.put_state(state)
@@ -301,7 +381,6 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
   ckpt_every = config.get("checkpoint_every", 0) or eval_every
   progress = Progress(num_steps, step, config.get("progress", True) and jax.process_index() == 0)
   history: list[tuple[int, dict]] = []
-  last_good = step
   final_eval: dict[str, Any] = {}
   t_last, step_last = time.perf_counter(), step
 
@@ -321,7 +400,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
 
   def flush_history(step):
     """Checks the losses since the last flush (one device sync) and logs their mean."""
-    nonlocal history, last_good
+    nonlocal history
     if not history:
       return {}
     host = jax.device_get(history)
@@ -329,8 +408,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
     if bad is not None:
       raise NonFiniteLossError(
           f"non-finite loss at step {bad} ({host[bad - host[0][0]][1]['loss']}); "
-          f"stopped. The last good checkpoint (step {last_good}) is kept in "
-          f"{workdir}/checkpoints.")
+          f"stopped. {_last_checkpoint_note(mngr)}")
     means = {k: float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
     history = []
     return means
@@ -362,7 +440,6 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
         best = config.get("best_metric", "")
         save_checkpoint(mngr, step, state, train_iter.get_state(),
                         metrics={best: eval_metrics[best]} if (best and eval_metrics) else None)
-        last_good = step
       if stopping:
         mngr.wait_until_finished()
         msg = (f"Received {stopping}: saved a checkpoint at step {step} in "

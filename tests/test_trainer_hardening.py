@@ -1,0 +1,69 @@
+"""Reliability of the trainer: checkpoints verified on restore, data states validated,
+config errors caught before config.json is written, clean command-line errors."""
+import glob
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from research import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_config, tmp_path_factory):
+  """A finished 20-step tiny run with checkpoints at steps 10 and 20 (copy before altering)."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  trainer.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir
+
+
+def _copy(run, tmp_path):
+  dst = tmp_path / "run"
+  shutil.copytree(run, dst)
+  return dst
+
+
+def _flip_bytes_in_an_array_chunk(step_dir):
+  """Inverts 16 bytes in the middle of the largest array data file of a checkpoint."""
+  files = glob.glob(os.path.join(step_dir, "state", "ocdbt.process_0", "d", "*"))
+  path = max(files, key=os.path.getsize)
+  data = bytearray(open(path, "rb").read())
+  mid = len(data) // 2
+  data[mid:mid + 16] = bytes(b ^ 0xFF for b in data[mid:mid + 16])
+  open(path, "wb").write(bytes(data))
+
+
+def test_flipped_bytes_in_the_newest_checkpoint_resume_from_the_previous_one(
+    finished_run, tiny_config, tmp_path, capsys):
+  run = _copy(finished_run, tmp_path)
+  _flip_bytes_in_an_array_chunk(run / "checkpoints" / "20")
+  out = trainer.train_and_evaluate(tiny_config(), str(run))
+  printed = capsys.readouterr().out
+  assert "checkpoint at step 20" in printed and "sha256 mismatch" in printed, printed
+  assert "Resumed" in printed and "from step 10" in printed
+  assert out["step"] == 20
+  assert [p.split("_")[0] for p in os.listdir(run / "checkpoints_unreadable")] == ["20"]
+  # The step was trained again from step 10 and saved afresh, verified.
+  _, state = trainer.load_state(str(run))
+  assert all(np.isfinite(np.asarray(x)).all() for x in trainer.params_lib.flatten(state).values())
+
+
+def test_restored_state_with_non_finite_values_is_refused():
+  state = {"w": np.ones((2, 2), np.float32), "step": np.int32(3)}
+  sums = trainer.state_checksums(state)
+  trainer.verify_state(state, sums)
+  with pytest.raises(trainer.CheckpointError, match="sha256 mismatch in 1 array"):
+    trainer.verify_state({**state, "w": np.full((2, 2), 2.0, np.float32)}, sums)
+  with pytest.raises(trainer.CheckpointError, match="non-finite values in 1 array"):
+    trainer.verify_state({**state, "w": np.full((2, 2), np.nan, np.float32)}, None)
+
+
+def test_non_finite_loss_before_any_checkpoint_says_there_is_none(tiny_config, tmp_path):
+  config = tiny_config(**{"optimizer.lr": 1e30, "optimizer.name": "sgd",
+                          "label_smoothing": 0.0})
+  with pytest.raises(trainer.NonFiniteLossError,
+                     match=r"non-finite loss at step \d+.*No checkpoint has been saved"):
+    trainer.train_and_evaluate(config, str(tmp_path))
