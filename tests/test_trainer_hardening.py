@@ -67,3 +67,23 @@ def test_non_finite_loss_before_any_checkpoint_says_there_is_none(tiny_config, t
   with pytest.raises(trainer.NonFiniteLossError,
                      match=r"non-finite loss at step \d+.*No checkpoint has been saved"):
     trainer.train_and_evaluate(config, str(tmp_path))
+
+
+def test_data_state_without_position_makes_the_checkpoint_unreadable(finished_run, tiny_config,
+                                                                   tmp_path, capsys):
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from research import data  # pylint: disable=g-import-not-at-top
+  run = _copy(finished_run, tmp_path)
+  with open(run / "checkpoints" / "20" / "data" / "metadata", "w") as f:
+    f.write('{"pos": 640}')  # valid JSON, not an iterator state
+  _, state = trainer.load_state(str(run), step=10)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  it = data.ArrayIterator({"x": np.arange(10)}, 2, seed=0)
+  mngr = trainer.make_checkpoint_manager(str(run), tiny_config())
+  step, _, data_state = trainer.restore_checkpoint(mngr, abstract, it.set_state)
+  mngr.close()
+  printed = capsys.readouterr().out
+  assert step == 10 and it.position == data_state["position"] == 320
+  assert "checkpoint at step 20" in printed and "'position'" in printed, printed
+  assert [p.split("_")[0] for p in os.listdir(run / "checkpoints_unreadable")] == ["20"]

@@ -117,7 +117,12 @@ class ArrayIterator(Iterator[dict]):
     return {"position": int(self.position)}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
-    self.position = int(state["position"])
+    """Restores a `get_state()` dict; ValueError if it is not one."""
+    position = state.get("position") if isinstance(state, Mapping) else None
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+      raise ValueError(f"data.ArrayIterator: state must be {{'position': int >= 0}}, "
+                       f"got {state!r}")
+    self.position = position
 
 
 class MixIterator(Iterator[dict]):
@@ -150,7 +155,11 @@ class MixIterator(Iterator[dict]):
     return {"parts": [p.get_state() for p in self.parts]}
 
   def set_state(self, state):
-    for p, s in zip(self.parts, state["parts"]):
+    parts = state.get("parts") if isinstance(state, Mapping) else None
+    if not isinstance(parts, list) or len(parts) != len(self.parts):
+      raise ValueError(f"data.MixIterator: state must be {{'parts': [{len(self.parts)} "
+                       f"iterator states]}}, got {state!r}")
+    for p, s in zip(self.parts, parts):
       p.set_state(s)
 
 
@@ -167,6 +176,9 @@ class ZipIterator(Iterator[dict]):
     return {name: s.get_state() for name, s in self.streams.items()}
 
   def set_state(self, state):
+    if not isinstance(state, Mapping) or set(state) != set(self.streams):
+      raise ValueError(f"data.ZipIterator: state must have the keys {sorted(self.streams)}, "
+                       f"got {state!r}")
     for name, s in self.streams.items():
       s.set_state(state[name])
 

@@ -172,3 +172,16 @@ def test_data_config_with_validation_loads_disjoint_train_and_val():
   assert not keys(train) & keys(val)
   everything = data.few_shot(data.load("mnist5k", "train"), 5, 1)
   assert keys(train) | keys(val) == keys(everything)
+
+
+def test_iterator_states_are_validated_when_set():
+  it = data.ArrayIterator({"x": np.arange(10)}, 2, seed=0)
+  for bad in ({"pos": 4}, {"position": "4"}, {"position": -2}, [4], None):
+    with pytest.raises(ValueError, match=r"ArrayIterator: state must be \{'position'"):
+      it.set_state(bad)
+  mix = data.MixIterator({"x": np.arange(10)}, {"x": np.arange(5)}, 0.5, 4, seed=0)
+  with pytest.raises(ValueError, match=r"MixIterator: state must be \{'parts': \[2"):
+    mix.set_state({"parts": [{"position": 0}]})
+  zipped = data.ZipIterator(source=it, target=data.ArrayIterator({"x": np.arange(3)}, 2, 0))
+  with pytest.raises(ValueError, match=r"ZipIterator: state must have the keys"):
+    zipped.set_state({"source": {"position": 0}})
