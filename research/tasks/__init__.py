@@ -13,6 +13,7 @@ _TASKS = {
     "adapt": "research.tasks.adapt:AdaptTask",
     "distill": "research.tasks.distill:DistillTask",
     "prune": "research.tasks.prune:PruneTask",
+    "probe": "research.tasks.probe:ProbeTask",
 }
 
 

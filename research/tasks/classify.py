@@ -12,6 +12,8 @@ Config fields read here (beside the trainer's):
     (running statistics used and kept; scale/bias trainable) | 'frozen'
     (frozen_stats, and every BatchNorm's scale/bias added to optimizer.frozen)
   init.checkpoint / init.dont_load (pretrained weights, see research.transfer)
+  init.head_from_probe ('' | 'logistic' | 'ridge'): LP-FT, the head starts as a
+    linear probe on the run's training images (research.transfer.lpft)
 
 With frozen parameters (optimizer.frozen or bn_mode='frozen') the train step
 differentiates only the trainable subset, so frozen layers cost no gradients.
@@ -105,6 +107,14 @@ class ClassifyTask(base.Task):
       from research import transfer  # pylint: disable=g-import-not-at-top
       variables = transfer.load_pretrained(variables, init.checkpoint,
                                            dont_load=tuple(init.get("dont_load", ())))
+    if init.get("head_from_probe", ""):  # LP-FT: the head starts as a linear probe
+      from research.transfer import lpft  # pylint: disable=g-import-not-at-top
+      variables, probe = lpft.head_from_probe(variables, self.model, self.inputs,
+                                              self.config.data, init.head_from_probe,
+                                              self.num_classes)
+      if probe is not None:  # None under jax.eval_shape
+        print(f"init.head_from_probe: {init.head_from_probe} probe, l2={probe.l2:g}, "
+              f"val accuracy {max(probe.val_accuracy):.4f}", flush=True)
     return variables
 
   def init_state(self, rng, batch):

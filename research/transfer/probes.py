@@ -107,17 +107,25 @@ class Probe:
     return np.asarray(x, np.float32) @ self.w + self.b
 
 
+@jax.jit
+def mean_cross_entropy(x, labels, w, b):
+  logp = jax.nn.log_softmax(x @ w + b)
+  return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+
+
 def select_l2(fit: Callable[[float], tuple], x_val, y_val, grid: Sequence[float]):
   """((w, b), l2, val accuracies): the grid value with the best validation
-  accuracy (ties: the larger l2, the simpler model)."""
+  accuracy, ties broken by the lower validation cross-entropy (the rule the
+  sweep's 'best (val)' selection uses; a few validation images tie often)."""
   if not grid:
     raise ValueError("select_l2: empty l2 grid")
-  heads, accs = [], []
+  heads, accs, losses = [], [], []
   for l2 in grid:
     w, b = fit(float(l2))
     heads.append((w, b))
     accs.append(float(accuracy(x_val, y_val, w, b)))
-  best = max(range(len(grid)), key=lambda i: (accs[i], grid[i]))
+    losses.append(float(mean_cross_entropy(x_val, y_val, w, b)))
+  best = max(range(len(grid)), key=lambda i: (accs[i], -losses[i]))
   return heads[best], float(grid[best]), tuple(accs)
 
 
