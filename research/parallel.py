@@ -68,6 +68,29 @@ def shard(batch: Any, num_devices: int | None = None) -> Any:
   return jax.tree.map(reshape, batch)
 
 
+def pad_to_devices(batch: dict, num_devices: int | None = None) -> dict:
+  """Pads a process-local eval batch so the local devices split it evenly.
+
+  The padding repeats the first example with `mask` 0, so masked metrics
+  count every real example exactly once whatever the eval batch size and
+  device count (big_vision's approach). A batch without a 'mask' gets one
+  (1 for the real examples). Batches that already split evenly are returned
+  unchanged (their mask added if missing).
+  """
+  n = num_devices or jax.local_device_count()
+  batch = {k: np.asarray(v) for k, v in batch.items()}
+  size = len(next(iter(batch.values())))
+  if "mask" not in batch:
+    batch["mask"] = np.ones((size,), np.float32)
+  pad = -size % n
+  if not pad:
+    return batch
+  idx = np.concatenate([np.arange(size), np.zeros((pad,), np.int64)])
+  out = {k: v[idx] for k, v in batch.items()}
+  out["mask"] = np.concatenate([batch["mask"][:size], np.zeros((pad,), batch["mask"].dtype)])
+  return out
+
+
 def _with_device_rng(step_fn):
   """Gives the per-device fn a key unique to (step, global device index)."""
 

@@ -389,7 +389,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
     for name, batches in eval_sets.items():
       sums = None
       for batch in batches():
-        out = dp.eval_step(state, dp.put_batch(parallel.shard(batch)))
+        out = dp.eval_step(state, dp.put_batch(parallel.shard(parallel.pad_to_devices(batch))))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
       prefix = f"{name}_" if name else ""
       result.update({prefix + k: v for k, v in task.summarize_eval(dp.to_host(sums)).items()})

@@ -62,3 +62,37 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
 def test_unknown_mode_is_a_clear_error():
   with pytest.raises(ValueError, match="mode must be one of .* got 'vmap'"):
     parallel.DataParallel(lambda s, b, r: (s, {}), mode="vmap")
+
+
+def test_pad_to_devices_masks_the_padding():
+  batch = {"image": np.arange(13 * 2, dtype=np.float32).reshape(13, 2),
+           "label": np.arange(13), "mask": np.ones(13, np.float32)}
+  out = parallel.pad_to_devices(batch, 8)
+  assert out["image"].shape == (16, 2) and out["label"].shape == (16,)
+  np.testing.assert_array_equal(out["mask"], [1.0] * 13 + [0.0] * 3)
+  np.testing.assert_array_equal(out["image"][:13], batch["image"])
+  assert parallel.pad_to_devices({"x": np.zeros(16)}, 8)["mask"].sum() == 16  # mask added
+
+
+@pytest.mark.parametrize("eval_batch", [13, 500])
+def test_eval_sums_equal_for_any_eval_batch_and_device_count(eval_batch):
+  """An eval batch the devices cannot split (13, or 500 on 8 devices) is padded and masked:
+  the confusion matrix counts every test example exactly once on 1 and on 8 devices."""
+  task = ClassifyTask(_config())
+  test = data.load("mnist5k", "test")
+  arrays = {"image": test["image"][:, 6:22, 6:22], "label": test["label"]}
+  state = task.init_state(jax.random.PRNGKey(0), {"image": arrays["image"][:2],
+                                                  "label": arrays["label"][:2]})
+  sums = []
+  for n in (1, 8):
+    dp = parallel.DataParallel(task.train_step, task.eval_step, devices=jax.local_devices()[:n])
+    placed = dp.put_state(state)
+    total = None
+    for batch in data.eval_batches_from_arrays(arrays, eval_batch)():
+      out = dp.to_host(dp.eval_step(placed, dp.put_batch(
+          parallel.shard(parallel.pad_to_devices(batch, n), n))))
+      total = out if total is None else jax.tree.map(np.add, total, out)
+    sums.append(total)
+  assert int(np.sum(sums[0]["confusion"])) == len(arrays["label"]) == 1000
+  np.testing.assert_array_equal(sums[0]["confusion"], sums[1]["confusion"])
+  np.testing.assert_allclose(sums[0]["loss_sum"], sums[1]["loss_sum"], rtol=1e-5)
