@@ -50,9 +50,6 @@ _PAIRS = ("mnistm", "uci")
 _VARIANTS = _PAIRS + ("quick", "paper", "frame")
 # Digit framing fields (research/data/frame.py) of a data / target block: off.
 _NO_FRAME = dict(frame="", frame_size=8, frame_threshold=0, frame_levels=0)
-# The MNIST-M-style target written by scripts/make_mnistm_npz.py (run it once first).
-MNISTM_NPZ = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "runs", "data", "mnistm5k", "{split}.npz")
 METHODS = ("source_only", "dann", "oracle", "cdan", "cdan_e", "coral", "mmd", "importance")
 
 
@@ -79,7 +76,7 @@ def get_config(arg: str = ""):
   c.data.image_size = 28  # source, as stored
   c.data.update(_NO_FRAME)
   c.target = ml_collections.ConfigDict(dict(
-      name={"mnistm": MNISTM_NPZ, "uci": "uci_digits"}[pair], train_split="train",
+      name={"mnistm": "mnistm5k", "uci": "uci_digits"}[pair], train_split="train",
       eval_split="test", data_dir="", image_size=28, holdout_per_class=20, holdout_seed=0,
       **_NO_FRAME))
   c.input.channels = 3 if pair == "mnistm" else 0

@@ -213,30 +213,6 @@ def test_bn_mode_is_honoured_with_a_batchnorm_model(bn_mode):
   assert all(moved) if bn_mode == "train" else not any(moved)
 
 
-def _mnistm_script():
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "make_mnistm_npz.py")
-  return config_lib.load_module(path, "_make_mnistm_npz")
-
-
-def test_mnistm_blend_is_abs_difference_with_a_window_of_a_real_photo():
-  from research import data
-  mod = _mnistm_script()
-  photo = mod.photo("astronaut")[::8, ::8]  # 64x64 real photo
-  digits = data.load("mnist5k", "test")["image"][:5]
-  out = mod.blend(digits, [photo], seed=3)
-  assert out.shape == (5, 28, 28, 3) and out.dtype == np.uint8
-  for im, d in zip(out, digits[..., 0].astype(np.int16)):
-    # Background pixels (digit 0) show the photo itself: find the window by brute force.
-    bg = d == 0
-    hits = [(y, x) for y in range(64 - 27) for x in range(64 - 27)
-            if np.array_equal(photo[y:y + 28, x:x + 28][bg], im[bg])]
-    assert hits
-    y, x = hits[0]
-    want = np.abs(photo[y:y + 28, x:x + 28].astype(np.int16) - d[:, :, None])
-    np.testing.assert_array_equal(im, want.astype(np.uint8))
-  assert not set(mod.TRAIN_PHOTOS) & set(mod.TEST_PHOTOS)  # no patch shared by the splits
-
-
 def test_npz_target_with_split_placeholder_trains_and_evaluates(tmp_path):
   rng = np.random.default_rng(0)
   for split, n in (("train", 300), ("test", 50)):
