@@ -56,8 +56,8 @@ RESUMABLE_FIELDS = ("num_steps", "eval_every", "log_every", "checkpoint_every",
                     "keep_checkpoints", "progress", "parallel")
 
 
-def check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes config.json; refuses to resume a workdir whose saved config differs."""
+def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ConfigMismatchError if `workdir` holds a run whose saved config differs."""
   path = os.path.join(workdir, "config.json")
   new = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
@@ -74,11 +74,23 @@ def check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> N
           f"workdir {workdir!r} holds a run with a different config; refusing to "
           f"resume it. Differing fields:\n{lines}\nUse a new --workdir, or "
           f"restore these values.")
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the resolved config to workdir/config.json (process 0)."""
+  path = os.path.join(workdir, "config.json")
+  new = json.loads(config.to_json_best_effort())
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
       json.dump(new, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)
+
+
+def check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes config.json; refuses to resume a workdir whose saved config differs."""
+  check_config(config, workdir)
+  write_config(config, workdir)
 
 
 class MetricWriter:
@@ -324,6 +336,60 @@ def _last_checkpoint_note(mngr) -> str:
           f"rerunning resumes from it.")
 
 
+@contextlib.contextmanager
+def _naming_the_field(config):
+  """Prefixes a ValueError with the one config field whose string value it quotes.
+
+  'Unknown model 'resnet9000'; ...' becomes 'model.name: Unknown model ...', so
+  every set-up error names the field to fix and its value.
+  """
+  try:
+    yield
+  except ValueError as e:
+    msg = str(e)
+    fields = [k for k, v in _flat(config.to_dict()).items()
+              if isinstance(v, str) and len(v) > 1 and repr(v) in msg]
+    if len(fields) != 1 or msg.startswith(fields[0]):
+      raise
+    raise ValueError(f"{fields[0]}: {msg}") from e
+
+
+def _set_up(config):
+  """Builds and checks everything a run needs before its first step.
+
+  Returns (task, train iterator, {name: eval batches}, DataParallel, train rng,
+  initial state); raises ValueError naming the config field for a bad task, model,
+  dataset, few-shot size, augmentation, optimizer or batch size.
+  """
+  with _naming_the_field(config):
+    task = tasks.get_task(config.task, config)
+    per_device = _check_batch_size(config)
+    ctx = DataContext(global_batch_size=config.batch_size, process_index=jax.process_index(),
+                      process_count=jax.process_count(), seed=config.seed)
+    train_iter = task.train_data(ctx)
+    eval_sets = task.eval_data(ctx)
+    if callable(eval_sets):
+      eval_sets = {"": eval_sets}
+    dp = parallel.DataParallel(task.train_step, task.eval_step,
+                               mode=config.get("parallel", "pmap"))
+    # Initialise with the shapes of one per-device batch; the iterator is rewound.
+    start = train_iter.get_state()
+    example = jax.tree.map(lambda x: x[:per_device], next(train_iter))
+    train_iter.set_state(start)
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    state = task.init_state(init_rng, example)
+  return task, train_iter, eval_sets, dp, train_rng, state
+
+
+def _check_batch_size(config) -> int:
+  """The per-device batch size; ValueError naming batch_size unless devices split it evenly."""
+  b = config.get("batch_size")
+  if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
+    raise ValueError(f"batch_size={b!r}: must be a positive integer (a multiple of the "
+                     f"device count {jax.device_count()})")
+  return parallel.check_batch_size(b)
+
+
 # ---------------------------------------------------------------- main entry
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.task` as the config says, in `workdir`; returns the final eval metrics.
@@ -340,27 +406,12 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
     parallel.initialize_distributed()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  check_and_write_config(config, workdir)
+  # Refuse a mismatched resume now; write config.json only once the first step has
+  # run, so a config that fails anywhere in set-up leaves no trace to mismatch.
+  check_config(config, workdir)
 
-  # Task, layout, data.
-  task = tasks.get_task(config.task, config)
-  per_device = parallel.check_batch_size(config.batch_size)
-  ctx = DataContext(global_batch_size=config.batch_size, process_index=jax.process_index(),
-                    process_count=jax.process_count(), seed=config.seed)
-  train_iter = task.train_data(ctx)
-  eval_sets = task.eval_data(ctx)
-  if callable(eval_sets):
-    eval_sets = {"": eval_sets}
-  dp = parallel.DataParallel(task.train_step, task.eval_step,
-                             mode=config.get("parallel", "pmap"))
-
-  # State: initialise (shapes from one per-device batch), then restore if possible.
+  task, train_iter, eval_sets, dp, train_rng, state = _set_up(config)
   start = train_iter.get_state()
-  example = jax.tree.map(lambda x: x[:per_device], next(train_iter))
-  train_iter.set_state(start)
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, train_rng = jax.random.split(rng)
-  state = task.init_state(init_rng, example)
   mngr = make_checkpoint_manager(workdir, config)
   step = 0
   abstract = (jax.device_get(state) if jax.process_count() > 1
@@ -413,10 +464,17 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
     history = []
     return means
 
+  config_written = False
+  from research.transfer import fewshot_eval  # pylint: disable=g-import-not-at-top
+  fewshot = fewshot_eval.for_run(config, task)  # None without a config.fewshot block
   try:
     while step < num_steps:
       batch = dp.put_batch(parallel.shard(next(train_iter)))
       state, metrics = dp.train_step(state, batch, train_rng, np.int32(step))
+      if not config_written:  # the run has started: the config is valid
+        jax.block_until_ready(metrics)
+        write_config(config, workdir)
+        config_written = True
       step += 1
       history.append((step, metrics))
       # Read the stop flag once per step: a signal landing between the save
@@ -436,6 +494,8 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
       if boundary_eval:
         eval_metrics = evaluate(state, step)
         final_eval = eval_metrics
+      if fewshot is not None and fewshot.due(step):
+        writer.write(step, "fewshot", fewshot(state))
       if boundary_ckpt:
         best = config.get("best_metric", "")
         save_checkpoint(mngr, step, state, train_iter.get_state(),
@@ -449,6 +509,8 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
         return {"preempted": True, "step": step, **final_eval}
     if not final_eval:  # resumed a finished run: report its metrics again
       final_eval = evaluate(state, step)
+    if not config_written:
+      write_config(config, workdir)
   finally:
     progress.close()
     mngr.wait_until_finished()

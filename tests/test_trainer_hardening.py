@@ -87,3 +87,28 @@ def test_data_state_without_position_makes_the_checkpoint_unreadable(finished_ru
   assert step == 10 and it.position == data_state["position"] == 320
   assert "checkpoint at step 20" in printed and "'position'" in printed, printed
   assert [p.split("_")[0] for p in os.listdir(run / "checkpoints_unreadable")] == ["20"]
+
+
+@pytest.mark.parametrize("override, error", [
+    ({"model.name": "resnet9000"}, r"model.name: Unknown model 'resnet9000'"),
+    ({"task": "clasify"}, r"task: Unknown task 'clasify'"),
+    ({"data.name": "mnist6k"}, r"data.name: Unknown dataset 'mnist6k'"),
+    ({"data.few_shot_k": -3}, r"data.few_shot_k=-3: must be an integer >= 0"),
+    ({"data.few_shot_k": 5000}, r"data.few_shot_k=5000: class \d of the training split has only"),
+    ({"augment": "flipx"}, r"^augment.*unknown op 'flipx'"),
+    ({"optimizer.name": "adamx"}, r"optimizer.name must be one of .*got 'adamx'"),
+    ({"batch_size": 0}, r"batch_size=0: must be a positive integer"),
+    ({"batch_size": 36}, r"batch_size 36 is not divisible by the device count 8"),
+])
+def test_a_bad_config_is_refused_before_config_json_is_written(override, error, tiny_config,
+                                                               tmp_path):
+  with pytest.raises(ValueError, match=error):
+    trainer.train_and_evaluate(tiny_config(**override), str(tmp_path))
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_a_corrected_typo_runs_in_the_same_workdir(tiny_config, tmp_path):
+  with pytest.raises(ValueError, match="resnet9000"):
+    trainer.train_and_evaluate(tiny_config(**{"model.name": "resnet9000"}), str(tmp_path))
+  out = trainer.train_and_evaluate(tiny_config(num_steps=2, eval_every=2), str(tmp_path))
+  assert out["step"] == 2 and (tmp_path / "config.json").exists()

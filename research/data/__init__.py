@@ -18,6 +18,8 @@ Configured by a `data` ConfigDict:
 """
 from __future__ import annotations
 
+import numpy as np
+
 from research.data import frame
 from research.data.pipeline import (ArrayIterator, MixIterator, ZipIterator,  # noqa: F401
                                     eval_batches as eval_batches_from_arrays,
@@ -41,9 +43,22 @@ def load_split(cfg, split: str) -> dict:
   return arrays
 
 
+def _check_few_shot(labels: np.ndarray, k, val) -> None:
+  """ValueError naming data.few_shot_k / few_shot_val unless the split can provide them."""
+  for field, v in (("few_shot_k", k), ("few_shot_val", val)):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+      raise ValueError(f"data.{field}={v!r}: must be an integer >= 0 (0 = off)")
+  classes, counts = np.unique(labels, return_counts=True)
+  need, field = (k, "few_shot_k") if k else (val, "few_shot_val")
+  if need and len(counts) and need > counts.min():
+    raise ValueError(f"data.{field}={need}: class {classes[counts.argmin()]} of the training "
+                     f"split has only {counts.min()} examples")
+
+
 def _train_val(cfg) -> tuple[dict, dict]:
   arrays = load_split(cfg, cfg.get("train_split", "train"))
   k, val = cfg.get("few_shot_k", 0), cfg.get("few_shot_val", 0)
+  _check_few_shot(arrays["label"], k, val)
   if not k and not val:
     return arrays, {}
   train_idx, val_idx = train_val_indices(arrays["label"], k, cfg.get("few_shot_seed", 0), val)

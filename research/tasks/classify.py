@@ -14,6 +14,8 @@ Config fields read here (beside the trainer's):
   init.checkpoint / init.dont_load (pretrained weights, see research.transfer)
   init.head_from_probe ('' | 'logistic' | 'ridge'): LP-FT, the head starts as a
     linear probe on the run's training images (research.transfer.lpft)
+  fewshot (optional): few-shot probes of `features` during training
+    (research.transfer.fewshot_eval)
 
 With frozen parameters (optimizer.frozen or bn_mode='frozen') the train step
 differentiates only the trainable subset, so frozen layers cost no gradients.
@@ -162,6 +164,15 @@ class ClassifyTask(base.Task):
       return (lambda p: (p, {})), (lambda t, f: t)
     from research import transfer  # pylint: disable=g-import-not-at-top
     return (lambda p: transfer.split_trainable(p, self.frozen)), transfer.merge
+
+  def features(self, state, images):
+    """Pooled features float32 [N, D] of stored images (eval mode): what
+    few-shot evaluation (config.fewshot, research.transfer.fewshot_eval) probes."""
+    variables = {"params": state.params}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    return self.model.apply(variables, self.inputs(images), train=False,
+                            return_features=True)[1]
 
   # ---- per device ----
   def train_step(self, state, batch, rng):

@@ -36,6 +36,8 @@ _DEFAULTS = dict(kind="logistic", l2_grid=(), cache_dir="", batch_size=64)
 class ProbeTask(classify.ClassifyTask):
   """Frozen features + a linear head fitted in closed form / by L-BFGS."""
 
+  features = None  # the state holds the head only: no few-shot evaluation
+
   def __init__(self, config):
     super().__init__(config)
     self.probe_cfg = {**_DEFAULTS, **dict(config.get("probe", {}))}

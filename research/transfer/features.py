@@ -169,10 +169,57 @@ class FeatureCache:
     return np.asarray(features, np.float32), np.asarray(labels), False
 
 
+class Extractor:
+  """`feature_fn` over all local devices, compiled once for repeated calls.
+
+  Args:
+    feature_fn: (variables, images [n, ...] as stored) -> float [n, D], pure
+      and jit-able (preprocessing included).
+    batch_size: global batch; rounded up to a multiple of the device count.
+    mode: 'pmap' or 'shard_map' (research.parallel).
+  """
+
+  def __init__(self, feature_fn: Callable[[Any, jax.Array], jax.Array],
+               batch_size: int = 256, mode: str = "pmap"):
+    n_dev = jax.local_device_count()
+    self.batch_size = max(1, -(-batch_size // n_dev)) * n_dev
+
+    def gather(state, batch):
+      feats = feature_fn(state, batch["image"]).astype(jnp.float32)
+      slots = jnp.zeros((n_dev,) + feats.shape, jnp.float32)
+      return slots.at[jax.lax.axis_index(parallel.AXIS)].set(feats)  # psum'd by the engine
+
+    self.dp = parallel.DataParallel(lambda s, b, r: (s, {}), gather, mode=mode, donate=False)
+
+  def __call__(self, variables: Any, images: np.ndarray, progress: bool = False,
+               desc: str = "features") -> np.ndarray:
+    """float32 [N, D] numpy, row i the features of images[i] ([N, ...] numpy)."""
+    state = self.dp.put_state(variables)
+    n, bs = len(images), self.batch_size
+    out = []
+    bar = None
+    if progress:
+      from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+      bar = tqdm.tqdm(total=n, desc=desc, unit="img", leave=False)
+    for start in range(0, n, bs):
+      chunk = np.asarray(images[start:start + bs])
+      real = len(chunk)
+      if real < bs:  # fixed shapes: pad, then drop the padded rows
+        pad = np.zeros((bs - real,) + chunk.shape[1:], chunk.dtype)
+        chunk = np.concatenate([chunk, pad])
+      feats = self.dp.eval_step(state, self.dp.put_batch(parallel.shard({"image": chunk})))
+      out.append(np.asarray(feats).reshape(bs, -1)[:real])
+      if bar is not None:
+        bar.update(real)
+    if bar is not None:
+      bar.close()
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
 def extract(feature_fn: Callable[[Any, jax.Array], jax.Array], variables: Any,
             images: np.ndarray, batch_size: int = 256, mode: str = "pmap",
             progress: bool = True, desc: str = "features") -> np.ndarray:
-  """Runs `feature_fn` over `images` on all local devices.
+  """Runs `feature_fn` over `images` on all local devices (one `Extractor` call).
 
   Args:
     feature_fn: (variables, images [n, ...] as stored) -> float [n, D], pure
@@ -186,36 +233,7 @@ def extract(feature_fn: Callable[[Any, jax.Array], jax.Array], variables: Any,
   Returns:
     float32 [N, D] numpy, row i the features of images[i].
   """
-  n_dev = jax.local_device_count()
-  per_device = max(1, -(-batch_size // n_dev))
-  batch_size = per_device * n_dev
-
-  def gather(state, batch):
-    feats = feature_fn(state, batch["image"]).astype(jnp.float32)
-    slots = jnp.zeros((n_dev,) + feats.shape, jnp.float32)
-    return slots.at[jax.lax.axis_index(parallel.AXIS)].set(feats)  # psum'd by the engine
-
-  dp = parallel.DataParallel(lambda s, b, r: (s, {}), gather, mode=mode, donate=False)
-  state = dp.put_state(variables)
-  n = len(images)
-  out = []
-  bar = None
-  if progress:
-    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm.tqdm(total=n, desc=desc, unit="img", leave=False)
-  for start in range(0, n, batch_size):
-    chunk = np.asarray(images[start:start + batch_size])
-    real = len(chunk)
-    if real < batch_size:  # fixed shapes: pad, then drop the padded rows
-      pad = np.zeros((batch_size - real,) + chunk.shape[1:], chunk.dtype)
-      chunk = np.concatenate([chunk, pad])
-    feats = dp.eval_step(state, dp.put_batch(parallel.shard({"image": chunk})))
-    out.append(np.asarray(feats).reshape(batch_size, -1)[:real])
-    if bar is not None:
-      bar.update(real)
-  if bar is not None:
-    bar.close()
-  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+  return Extractor(feature_fn, batch_size, mode)(variables, images, progress, desc)
 
 
 def pooled_feature_fn(model, input_fn: Callable[[jax.Array], jax.Array]):
