@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from research.augment import _checks
 from research.augment import registry
-from research.augment.color import PixelOp
+from research.augment.color_ops import PixelOp
 
 
 def box_mask(shape, top, left, height, width):

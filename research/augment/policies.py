@@ -29,7 +29,7 @@ from research.augment import _checks
 from research.augment import registry
 from research.augment import color
 from research.augment import geometric as geo
-from research.augment.color import PixelOp
+from research.augment.color_ops import PixelOp
 from research.augment.geometric import GeometricOp
 
 

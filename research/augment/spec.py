@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from research.augment import _checks
 # The op modules register their ops on import (research/augment/registry.py).
-from research.augment import color  # noqa: F401  pylint: disable=unused-import
+from research.augment import color_ops  # noqa: F401  pylint: disable=unused-import
 from research.augment import erasing  # noqa: F401  pylint: disable=unused-import
 from research.augment import geometric as geo
 from research.augment import policies
