@@ -142,4 +142,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  import _cli  # pylint: disable=g-import-not-at-top
+  sys.exit(_cli.run(main))

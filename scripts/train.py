@@ -4,6 +4,12 @@
       [--config.field=value ...]
 
 Rerunning the same command in the same workdir resumes from the last checkpoint.
+
+Exit status: 0 finished; 2 a user error (one line `error: ...` naming the config
+field and value: unknown variant/task/model/dataset/augmentation op, bad batch or
+few-shot size, a config that differs from the one saved in the workdir); 3 the
+loss became non-finite (the message names the last good checkpoint, or says there
+is none); 75 stopped by SIGTERM/SIGINT after saving a checkpoint (rerun to resume).
 """
 from __future__ import annotations
 
@@ -12,10 +18,9 @@ import json
 import logging
 import sys
 
+import _cli
 
-# sysexits.h EX_TEMPFAIL: stopped by SIGTERM/SIGINT after saving a checkpoint;
-# rerunning the same command resumes.
-EXIT_PREEMPTED = 75
+EXIT_PREEMPTED = _cli.EXIT_PREEMPTED
 
 
 def main(argv=None) -> int:
@@ -33,18 +38,15 @@ def main(argv=None) -> int:
   overrides = []
   for item in rest:
     if not item.startswith("--config."):
-      parser.error(f"unrecognised argument {item!r}; overrides look like --config.field=value")
+      raise ValueError(f"unrecognised argument {item!r}; overrides look like "
+                       f"--config.field=value")
     overrides.append(item[2:])
   logging.basicConfig(level=logging.WARNING)
   from research import config_lib, parallel, trainer  # pylint: disable=g-import-not-at-top
   if args.coordinator_address:
     parallel.initialize_distributed(args.coordinator_address, args.num_processes,
                                     args.process_id)
-  try:
-    config = config_lib.apply_overrides(config_lib.load(args.config), overrides)
-  except config_lib.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  config = config_lib.apply_overrides(config_lib.load(args.config), overrides)
   result = trainer.train_and_evaluate(config, args.workdir)
   summary = {k: v for k, v in result.items() if k != "confusion"}
   import jax  # pylint: disable=g-import-not-at-top
@@ -62,4 +64,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(_cli.run(main))

@@ -112,3 +112,63 @@ def test_a_corrected_typo_runs_in_the_same_workdir(tiny_config, tmp_path):
     trainer.train_and_evaluate(tiny_config(**{"model.name": "resnet9000"}), str(tmp_path))
   out = trainer.train_and_evaluate(tiny_config(num_steps=2, eval_every=2), str(tmp_path))
   assert out["step"] == 2 and (tmp_path / "config.json").exists()
+
+
+def _train_script(workdir, config_arg, *overrides, devices=8):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             PYTHONPATH=REPO)
+  cmd = [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config",
+         os.path.join(REPO, "configs", "mnist5k_classify.py") + config_arg,
+         "--workdir", str(workdir), "--config.progress=false", "--config.model.width=4",
+         *overrides]
+  return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _only_error_line(proc) -> str:
+  """The single `error: ...` line of a failed script; no traceback anywhere."""
+  assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1, proc.stderr[-3000:]
+  return lines[0]
+
+
+@pytest.mark.parametrize("config_arg, overrides, expected", [
+    (":quick,turbo", [], r"unknown variant\(s\) \['turbo'\]"),
+    (":quick", ["--config.model.name=resnet9000"], r"model.name: Unknown model 'resnet9000'"),
+    (":quick", ["--config.task=clasify"], r"task: Unknown task 'clasify'"),
+    (":quick", ["--config.data.name=mnist6k"], r"data.name: Unknown dataset 'mnist6k'"),
+    (":quick", ["--config.augment=flipx"], r"augment.*unknown op 'flipx'"),
+    (":quick", ["--config.batch_size=0"], r"batch_size=0: must be a positive integer"),
+    (":quick", ["--config.batch_size=36"], r"batch_size 36 is not divisible by the device count 8"),
+    (":quick", ["--config.data.few_shot_k=-3"], r"data.few_shot_k=-3: must be an integer >= 0"),
+    (":quick", ["--config.data.few_shot_k=9999"], r"data.few_shot_k=9999: class \d+ .* only"),
+    (":quick", ["--config.optimizer.lrr=1"], r"unknown config field 'optimizer.lrr'"),
+    (":quick", ["--batch_size=8"], r"unrecognised argument '--batch_size=8'"),
+])
+def test_train_script_user_errors_are_one_line_and_exit_2(config_arg, overrides, expected,
+                                                          tmp_path):
+  import re  # pylint: disable=g-import-not-at-top
+  proc = _train_script(tmp_path / "run", config_arg, *overrides)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert re.search(expected, _only_error_line(proc))
+  assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_train_script_config_mismatch_on_resume_is_one_line_and_exit_2(tiny_config, tmp_path):
+  trainer.write_config(tiny_config(**{"model.width": 4}), str(tmp_path))
+  proc = _train_script(tmp_path, ":quick", "--config.optimizer.lr=0.5")
+  assert proc.returncode == 2
+  line = _only_error_line(proc)
+  assert "different config" in line and "optimizer.lr: saved 0.002 != now 0.5" in line
+
+
+@pytest.mark.slow
+def test_train_script_non_finite_loss_exits_3_naming_no_checkpoint(tmp_path):
+  proc = _train_script(tmp_path, ":quick", "--config.optimizer.lr=1e30",
+                       "--config.optimizer.name=sgd", "--config.label_smoothing=0.0",
+                       "--config.batch_size=32", "--config.log_every=2", devices=2)
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  line = _only_error_line(proc)
+  assert "non-finite loss at step" in line and "No checkpoint has been saved" in line
