@@ -17,13 +17,12 @@ Peers that are not installed (or fail to import) are skipped and listed.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import augment
+from research import augment, timing
 
 SPEC = ('flip_lr|affine(rotate=15)|random_resized_crop(scale=(0.08, 1.0), '
         'ratio=(0.75, 1.3333))|color_jitter(0.4, 0.4, 0.4, 0.0)')
@@ -129,10 +128,7 @@ PEERS = [
 ]
 
 
-def block(y):
-  if hasattr(y, 'block_until_ready'):
-    y.block_until_ready()
-  return y
+block = timing.block
 
 
 def time_peer(fn, x, repeats, budget_s):
@@ -142,30 +138,14 @@ def time_peer(fn, x, repeats, budget_s):
 
 
 def time_peers(fns, inputs, repeats, budget_s):
-  """[(median seconds per call, repeats)] per peer, timed in rounds.
-
-  The peers must have been called once (compiled). One timed call each sets
-  how many repeats fit in the budget; then each round times one call
-  of every peer (the order rotates by round), so a change in machine load
-  during the run falls on all peers alike. A peer whose call takes longer
-  than budget_s / repeats is timed fewer times (at least once).
-  """
+  """[(median seconds per call, repeats)] per peer, timed in interleaved rounds
+  (research.timing.interleaved; a fresh key per call). A peer whose call takes
+  longer than budget_s / repeats is timed fewer times (at least once)."""
   keys = [jax.random.key(i) for i in range(repeats + 1)]
-  counts, times = [], [[] for _ in fns]
-  for fn, x in zip(fns, inputs):
-    t0 = time.perf_counter()
-    block(fn(keys[0], x))
-    first = time.perf_counter() - t0
-    counts.append(max(1, min(repeats, int(budget_s / max(first, 1e-3)))))
-  for r in range(repeats):
-    order = list(range(len(fns)))
-    order = order[r % len(order):] + order[:r % len(order)]
-    for i in order:
-      if len(times[i]) < counts[i]:
-        t = time.perf_counter()
-        block(fns[i](keys[r + 1], inputs[i]))
-        times[i].append(time.perf_counter() - t)
-  return [(float(np.median(t)), len(t)) for t in times]
+  peers = {i: (lambda r, fn=fn, x=x: fn(keys[max(r + 1, 0)], x))
+           for i, (fn, x) in enumerate(zip(fns, inputs))}
+  out = timing.interleaved(peers, repeats, warmup=1, budget_s=budget_s)
+  return [(out[i].median, out[i].count) for i in range(len(fns))]
 
 
 def to_nhwc(y):
@@ -246,7 +226,7 @@ def main():
   if args.grid:
     write_grid(args.grid, [(n, m) for n, m, _ in PEERS],
                int(args.shapes.split(',')[-1].split('x')[1]))
-  print(f'jax {jax.__version__}, devices {jax.devices()}')
+  print(f'CPU: {timing.cpu_model()}; jax {jax.__version__}, devices {jax.devices()}')
   if args.policies:
     return bench_policies(args, rng)
   rows = []

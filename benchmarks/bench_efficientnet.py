@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import time
 
 import jax
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from research import timing
 from research.models import efficientnet_lite
 
 
@@ -119,12 +119,6 @@ def torch_step_fn(batch, res, lr=0.01):
   return step, fwd
 
 
-def timed(fn):
-  t = time.perf_counter()
-  fn()
-  return time.perf_counter() - t
-
-
 def bench(batch, res, warmup, repeats, forward_only, xla_depthwise,
           shifted_depthwise=False):
   import torch  # pylint: disable=g-import-not-at-top
@@ -140,20 +134,14 @@ def bench(batch, res, warmup, repeats, forward_only, xla_depthwise,
   t0 = time.perf_counter()
   fx_step()
   compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    for step in steps.values():
-      step()
-  times = {k: [] for k in steps}
-  for _ in range(repeats):  # interleaved so background load hits all alike
-    for k, step in steps.items():
-      times[k].append(timed(step))
-  row = {k: statistics.median(v) for k, v in times.items()}
+  times = timing.interleaved({k: (lambda r, f=f: f()) for k, f in steps.items()}, repeats,
+                             warmup=warmup)
+  row = {k: t.median for k, t in times.items()}
   row["compile_s"] = compile_s
   if forward_only:
-    fx_fwd()
-    pt_fwd()
-    row["flax_fwd"] = statistics.median(timed(fx_fwd) for _ in range(repeats))
-    row["torch_fwd"] = statistics.median(timed(pt_fwd) for _ in range(repeats))
+    fwd = timing.interleaved({"flax_fwd": lambda r: fx_fwd(), "torch_fwd": lambda r: pt_fwd()},
+                             repeats)
+    row.update({k: t.median for k, t in fwd.items()})
   row["torch_threads"] = torch.get_num_threads()
   return row
 
@@ -173,7 +161,7 @@ def main():
                       help="also time Flax with the depthwise forward and "
                       "input gradient as shifted sums (shifted_depthwise=True)")
   args = parser.parse_args()
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+  print(f"CPU: {timing.cpu_model()}; jax {jax.__version__} on {jax.devices()[0].platform}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
   header = ("| batch x res | Flax img/s | PyTorch img/s | Flax / PyTorch |"
             " Flax compile s |")

@@ -11,7 +11,6 @@ compilation. Medians over repeats; overhead = ratio - 1.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -75,7 +74,9 @@ def main(argv=None):
     print(f"repeat {r}: minimal {minimal[-1] * 1e3:.2f} ms/step, trainer {ours[-1] * 1e3:.2f} ms/step",
           flush=True)
   m, o = statistics.median(minimal), statistics.median(ours)
-  print(f"\nmodel={config.model.name} batch={config.batch_size} steps={args.steps} "
+  from research import timing
+  print(f"\nCPU: {timing.cpu_model()}; model={config.model.name} batch={config.batch_size} "
+        f"steps={args.steps} "
         f"repeats={args.repeats}")
   print(f"| loop | ms/step (median) |\n|---|---|\n| minimal pmap | {m * 1e3:.2f} |\n"
         f"| research.trainer | {o * 1e3:.2f} |")

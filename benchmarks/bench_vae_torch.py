@@ -344,7 +344,7 @@ def make_config(seed: int, num_steps: int):
 def run_seed(seed: int, epochs: int, steps_per_epoch: int, copy_init: bool, log=print):
   """Trains both sides for `epochs` epochs, alternating; returns a result dict."""
   import jax  # pylint: disable=g-import-not-at-top
-  from research import data  # pylint: disable=g-import-not-at-top
+  from research import data, timing  # pylint: disable=g-import-not-at-top
   num_steps = epochs * steps_per_epoch
   config = make_config(seed, num_steps)
   ours = FlaxRun(config, seed)
@@ -361,22 +361,21 @@ def run_seed(seed: int, epochs: int, steps_per_epoch: int, copy_init: bool, log=
   def torch_epoch():
     return [peer.train_step(_next(streams["torch"])[0]) for _ in range(steps_per_epoch)]
 
-  times = {"ours": [], "torch": []}
-  cpu_times = {"ours": [], "torch": []}
-  losses = {"ours": [], "torch": []}
-  epoch_fns = {"ours": ours_epoch, "torch": torch_epoch}
-  for epoch in range(epochs):
-    order = ("ours", "torch") if epoch % 2 == 0 else ("torch", "ours")
-    for name in order:
-      t, c = time.perf_counter(), time.process_time()
-      out = epoch_fns[name]()
-      times[name].append(time.perf_counter() - t)
-      cpu_times[name].append(time.process_time() - c)
-      losses[name].append(float(np.mean([float(v) for v in out])))
-    log(f"seed {seed} epoch {epoch + 1}/{epochs}: ours {times['ours'][-1]:.2f} s "
-        f"(cpu {cpu_times['ours'][-1]:.2f} s, train loss {losses['ours'][-1]:.2f}) | "
-        f"torch {times['torch'][-1]:.2f} s (cpu {cpu_times['torch'][-1]:.2f} s, "
-        f"train loss {losses['torch'][-1]:.2f})")
+  def log_epoch(epoch, t):
+    o, p = t["ours"], t["torch"]
+    loss = lambda out: float(np.mean([float(v) for v in out]))
+    log(f"seed {seed} epoch {epoch + 1}/{epochs}: ours {o.wall[-1]:.2f} s "
+        f"(cpu {o.cpu[-1]:.2f} s, train loss {loss(o.outputs[-1]):.2f}) | "
+        f"torch {p.wall[-1]:.2f} s (cpu {p.cpu[-1]:.2f} s, train loss {loss(p.outputs[-1]):.2f})")
+
+  # Every epoch is timed (the first includes compilation; summarize drops it), in
+  # alternating order so load changes fall on both sides alike.
+  timed = timing.interleaved({"ours": lambda r: ours_epoch(), "torch": lambda r: torch_epoch()},
+                             epochs, warmup=0, keep_outputs=True, on_round=log_epoch)
+  times = {k: t.wall for k, t in timed.items()}
+  cpu_times = {k: t.cpu for k, t in timed.items()}
+  losses = {k: [float(np.mean([float(v) for v in out])) for out in t.outputs]
+            for k, t in timed.items()}
   binary_test = ours.binary_test_set()
   elbo = {"ours": ours.test_elbo(), "torch": peer.test_elbo(binary_test, seed)}
   # Cross-check of the two evaluations: our trained parameters, copied into the
@@ -432,7 +431,8 @@ def markdown(summary: dict, seeds, meta: dict) -> str:
   lines = [
       f"VAE on mnist5k, {meta['epochs']} epochs x {meta['steps_per_epoch']} steps "
       f"(batch 128), torch {meta['torch_version']} ({meta['torch_threads']} threads), "
-      f"jax {meta['jax_version']} (XLA pool: {meta['visible_cores']} visible cores)",
+      f"jax {meta['jax_version']} (XLA pool: {meta['visible_cores']} visible cores), "
+      f"CPU: {meta.get('cpu', 'not recorded')}",
       "",
       "| framework | seeds | test ELBO (nats, mean ± std) | s/epoch (median) | ratio torch/ours "
       "| CPU s/epoch (median) | CPU ratio |",
@@ -473,7 +473,7 @@ def main(argv=None) -> int:
 
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from research import data  # pylint: disable=g-import-not-at-top
+  from research import data, timing  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
   cores = len(os.sched_getaffinity(0))
   if args.threads != cores:
@@ -486,7 +486,8 @@ def main(argv=None) -> int:
           "train_images": n_train, "torch_version": torch.__version__,
           "torch_threads": torch.get_num_threads(), "jax_version": jax.__version__,
           "jax_devices": str(jax.local_devices()[:1]), "visible_cores": cores,
-          "copy_init": args.copy_init, "load_average_start": os.getloadavg()}
+          "copy_init": args.copy_init, "load_average_start": os.getloadavg(),
+          "cpu": timing.cpu_model()}
 
   results = []
   t0 = time.perf_counter()

@@ -35,11 +35,16 @@ import json
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench_efficientnet():
+  """benchmarks/bench_efficientnet.py, loaded by path (benchmarks/ is not a package)."""
+  from research import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.load_module(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_efficientnet.py"))
 
 CATEGORIES = (
     "depthwise conv fwd", "depthwise conv input-grad",
@@ -189,7 +194,8 @@ def trace_thunks(log_dir):
 def profile_flax(batch, res, out_dir, repeats, torch_step=None,
                  shifted_depthwise=False):
   import jax  # pylint: disable=g-import-not-at-top
-  import bench_efficientnet  # pylint: disable=g-import-not-at-top
+  from research import timing  # pylint: disable=g-import-not-at-top
+  bench_efficientnet = _bench_efficientnet()
   _, train_step, state, x, y = bench_efficientnet.flax_train_step(
       batch, res, shifted_depthwise=shifted_depthwise)
   t = time.perf_counter()
@@ -206,13 +212,11 @@ def profile_flax(batch, res, out_dir, repeats, torch_step=None,
   step()
   if torch_step:
     torch_step()
-  times = {"flax": [], "torch": []}
-  for _ in range(repeats):
-    for k, fn in (("flax", step), ("torch", torch_step)):
-      if fn:
-        t = time.perf_counter()
-        fn()
-        times[k].append(time.perf_counter() - t)
+  peers = {"flax": lambda r: step()}
+  if torch_step:
+    peers["torch"] = lambda r: torch_step()
+  times = {k: t.wall for k, t in timing.interleaved(peers, repeats, warmup=0).items()}
+  times.setdefault("torch", [])
   log_dir = tempfile.mkdtemp(prefix="effnet_trace_", dir=out_dir)
   with jax.profiler.trace(log_dir, create_perfetto_trace=True):
     t = time.perf_counter()
@@ -341,7 +345,7 @@ def main():
     load0 = os.getloadavg()[0]
     torch_step = None
     if not args.no_torch:
-      import bench_efficientnet  # pylint: disable=g-import-not-at-top
+      bench_efficientnet = _bench_efficientnet()
       torch_step = bench_efficientnet.torch_step_fn(args.batch, args.res)[0]
     data = {"batch": args.batch, "res": args.res,
             "flax": profile_flax(args.batch, args.res, args.out, args.repeats,
