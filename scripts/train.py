@@ -33,7 +33,8 @@ def main(argv=None) -> int:
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
   parser.add_argument("--dump_params", default=None,
-                      help="also write the final parameters to this .npz (for checks)")
+                      help="also write the final parameters to this .npz (the task's "
+                           "params_for_export: a GAN's EMA generator; for checks)")
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
@@ -54,8 +55,9 @@ def main(argv=None) -> int:
   if args.dump_params:
     import numpy as np  # pylint: disable=g-import-not-at-top
     from research import params as P  # pylint: disable=g-import-not-at-top
-    _, state = trainer.load_state(args.workdir, config)
-    np.savez(args.dump_params, **{k: np.asarray(v) for k, v in P.flatten(state.params).items()})
+    task, state = trainer.load_state(args.workdir, config)
+    exported = P.flatten(task.params_for_export(state))  # every task: GAN -> EMA generator
+    np.savez(args.dump_params, **{k: np.asarray(v) for k, v in exported.items()})
   print(json.dumps(summary, indent=1))
   if result.get("preempted"):
     # Not finished: a shell chain `train.py && eval.py` must not go on.

@@ -172,3 +172,25 @@ def test_train_script_non_finite_loss_exits_3_naming_no_checkpoint(tmp_path):
   assert proc.returncode == 3, proc.stderr[-3000:]
   line = _only_error_line(proc)
   assert "non-finite loss at step" in line and "No checkpoint has been saved" in line
+
+
+@pytest.mark.slow  # ~70 s of CPU (the GAN's compile and sample grid)
+def test_dump_params_writes_a_gan_runs_ema_generator(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from research import params as P  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=REPO)
+  cmd = [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config",
+         os.path.join(REPO, "configs", "mnist5k_cgan.py") + ":quick", "--workdir",
+         str(tmp_path / "gan"), "--config.progress=false", "--config.num_steps=2",
+         "--config.eval_every=2", "--config.batch_size=16", "--config.eval_batch_size=1000",
+         f"--dump_params={tmp_path}/gan.npz"]
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  dumped = np.load(tmp_path / "gan.npz")
+  _, state = trainer.load_state(str(tmp_path / "gan"))
+  expected = P.flatten({"params": state.ema_params, "batch_stats": state.g_batch_stats})
+  assert sorted(dumped.files) == sorted(expected) and dumped.files
+  for k, v in expected.items():
+    np.testing.assert_array_equal(dumped[k], np.asarray(jax.device_get(v)))
