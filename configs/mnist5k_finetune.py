@@ -19,8 +19,8 @@ Variants (comma-separated, combinable):
   partial: stem and the first 8 blocks frozen, BatchNorm statistics frozen.
   llrd: full fine-tune with layer-wise LR decay 0.8 per depth from the head.
   scratch: the same network and recipe from a random init.
-  fewshot: the budget of scripts/fewshot_transfer.py (50 steps of 32 images,
-    one final eval, jit+shard_map so the persistent compilation cache hits).
+  fewshot: 50 steps of 32 images, one final eval, jit+shard_map so the
+    persistent compilation cache hits.
   quick: a short smoke run.
   res64: input.size 64.
 

@@ -31,6 +31,9 @@ def main(argv=None) -> int:
   parser.add_argument("--root", required=True, help="directory holding one workdir per run")
   parser.add_argument("--grid", action="append", default=[],
                       help="field=v1,v2,... (repeatable; the product is swept)")
+  parser.add_argument("--only", action="append", default=[],
+                      help="field=v1,v2,... (repeatable): keep only the runs whose field "
+                           "has one of these values, e.g. --only _arm=probe,finetune")
   parser.add_argument("--parallel", type=int, default=None, help="runs at once (default 1)")
   parser.add_argument("--seed_axis", default=None, help="axis averaged over (default 'seed')")
   parser.add_argument("--group_by", default=None,
@@ -51,6 +54,10 @@ def main(argv=None) -> int:
       runs = sweep.grid(dict(sweep.parse_grid_flag(g) for g in args.grid))
     else:
       runs, options = sweep.sweep_from_config(args.config)
+    for field, values in (sweep.parse_grid_flag(o) for o in args.only):
+      runs = [r for r in runs if r.get(field) in values]
+      if not runs:
+        raise ValueError(f"--only {field}={values}: no run of the sweep has these values")
     sweep.validate(config_lib.load(args.config), runs, args.root)
   except (config_lib.ConfigError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

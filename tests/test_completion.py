@@ -38,7 +38,7 @@ def test_sweep_grid_and_one_generator_per_subset(variant, ks, seeds, ratios):
     config_lib.apply_overrides(base, {k: v for k, v in r.items() if not k.startswith("_")})
   arms = ["base", "aug"] + [f"{g}@{r}" for g in ("vae", "gan") for r in ratios]
   if variant == "full":
-    arms += ["aug+vae@0.5", "aug+gan@0.5", "transfer"]
+    arms += ["aug+vae@0.5", "aug+gan@0.5", "probe", "finetune"]
   cells = collections.Counter((r["_arm"], r["data.few_shot_k"], r["seed"]) for r in runs)
   assert set(cells) == {(a, k, s) for a in arms for k in ks for s in seeds}
   assert set(cells.values()) == {1}
