@@ -68,6 +68,35 @@ def split_holdout(arrays: Arrays, per_class: int, seed: int,
           {k: np.asarray(v)[val_idx] for k, v in arrays.items()})
 
 
+def validate_arrays(arrays: Arrays, what: str) -> dict[str, np.ndarray]:
+  """Checks a dataset once on the host; returns it as numpy arrays.
+
+  Refuses (ValueError naming the count and the first index of the bad examples)
+  arrays of different lengths, non-finite values in any float array, and float
+  'image' arrays outside [0, 1] (uint8 images are [0, 255] by type).
+  """
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  if not arrays:
+    raise ValueError(f"{what}: no arrays")
+  lengths = {k: len(v) if v.ndim else None for k, v in arrays.items()}
+  if len(set(lengths.values())) != 1:
+    raise ValueError(f"{what}: arrays must have one length (examples), got {lengths}")
+  for key, x in arrays.items():
+    if not np.issubdtype(x.dtype, np.floating) or not len(x):
+      continue
+    per_example = lambda bad: bad.reshape(len(bad), -1).any(axis=1)
+    checks = [("non-finite values", per_example(~np.isfinite(x)))]
+    if key == "image":
+      with np.errstate(invalid="ignore"):
+        checks.append(("values outside [0, 1] (float images must be in [0, 1])",
+                       per_example((x < 0) | (x > 1))))
+    for problem, bad in checks:
+      if bad.any():
+        raise ValueError(f"{what}: {key!r} has {problem} in {int(bad.sum())} of {len(x)} "
+                         f"examples, the first at index {int(np.argmax(bad))}")
+  return arrays
+
+
 def _check_batch(global_batch_size: int, process_count: int, what: str):
   if global_batch_size <= 0 or global_batch_size % process_count:
     raise ValueError(f"{what}: batch size {global_batch_size} must be a positive "
@@ -80,7 +109,7 @@ class ArrayIterator(Iterator[dict]):
   def __init__(self, arrays: Arrays, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1, shuffle: bool = True):
     _check_batch(global_batch_size, process_count, "data.ArrayIterator")
-    self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    self.arrays = validate_arrays(arrays, "data.ArrayIterator")
     self.n = len(next(iter(self.arrays.values())))
     if self.n == 0:
       raise ValueError("data.ArrayIterator: the dataset is empty")
@@ -191,7 +220,7 @@ def eval_batches(arrays: Arrays, global_batch_size: int, process_index: int = 0,
   count every example exactly once whatever the batch and device counts.
   """
   _check_batch(global_batch_size, process_count, "data.eval_batches")
-  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  arrays = validate_arrays(arrays, "data.eval_batches")
   n = len(next(iter(arrays.values())))
   local = global_batch_size // process_count
   num_batches = -(-n // global_batch_size)

@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from research.data import builders
+from research.data import builders, pipeline
 
 DEFAULT_DATA_DIR = os.environ.get(
     "RESEARCH_DATA_DIR", os.path.expanduser("~/.cache/research/tensorflow_datasets"))
@@ -132,11 +132,20 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
-  """Loads a synthetic set written by a generator: {'image': uint8, 'label': int32}."""
+  """Loads a synthetic set written by a generator: {'image': uint8, 'label': int32}.
+
+  The file's images are uint8 in [0, 255] or float in [0, 1]; arrays of different
+  lengths, non-finite or out-of-range images are refused (see pipeline.validate_arrays).
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f"data.synthetic: no file at {path!r}")
   with np.load(path) as f:
     if "image" not in f or "label" not in f:
       raise ValueError(f"data.synthetic: {path!r} must hold 'image' and 'label', "
                        f"has {sorted(f.keys())}")
-    return {"image": f["image"].astype(np.uint8), "label": f["label"].astype(np.int32)}
+    arrays = pipeline.validate_arrays({"image": f["image"], "label": f["label"]},
+                                      f"data.synthetic {path!r}")
+  image = arrays["image"]
+  if np.issubdtype(image.dtype, np.floating):  # [0, 1], checked above
+    image = np.round(image * 255)
+  return {"image": image.astype(np.uint8), "label": arrays["label"].astype(np.int32)}

@@ -185,3 +185,30 @@ def test_iterator_states_are_validated_when_set():
   zipped = data.ZipIterator(source=it, target=data.ArrayIterator({"x": np.arange(3)}, 2, 0))
   with pytest.raises(ValueError, match=r"ZipIterator: state must have the keys"):
     zipped.set_state({"source": {"position": 0}})
+
+
+def test_datasets_with_mismatched_lengths_or_bad_pixels_are_refused(tmp_path):
+  images = np.full((6, 4, 4, 1), 0.5, np.float32)
+  labels = np.arange(6) % 2
+  with pytest.raises(ValueError, match=r"one length.*'image': 4, 'label': 3"):
+    data.ArrayIterator({"image": images[:4], "label": labels[:3]}, 2, seed=0)
+  bad = images.copy()
+  bad[2, 0, 0, 0] = np.nan
+  bad[5, 1, 1, 0] = np.inf
+  with pytest.raises(ValueError, match=r"non-finite values in 2 of 6 examples, the first at "
+                                       r"index 2"):
+    data.ArrayIterator({"image": bad, "label": labels}, 2, seed=0)
+  bad = images.copy()
+  bad[3] *= 255  # [0, 255] floats
+  bad[4, 0, 0, 0] = -0.1
+  with pytest.raises(ValueError, match=r"outside \[0, 1\].* in 2 of 6 examples, the first at "
+                                       r"index 3"):
+    data.eval_batches_from_arrays({"image": bad, "label": labels}, 4)
+  # uint8 images and float images in [0, 1] are accepted; other float arrays are unbounded.
+  data.ArrayIterator({"image": (images * 255).astype(np.uint8), "label": labels}, 2, seed=0)
+  data.ArrayIterator({"features": images * 1e3, "label": labels}, 2, seed=0)
+  np.savez(tmp_path / "syn.npz", image=bad, label=labels)
+  with pytest.raises(ValueError, match=r"data.synthetic .*outside \[0, 1\].*index 3"):
+    data.load_npz(str(tmp_path / "syn.npz"))
+  np.savez(tmp_path / "ok.npz", image=images, label=labels)
+  assert (data.load_npz(str(tmp_path / "ok.npz"))["image"] == 128).all()
