@@ -11,7 +11,14 @@ must agree across devices with `lax.pmean(x, AXIS)`. This module runs it:
   recommends for new code (pmap itself is now built on shard_map).
 
 Both give each device its own PRNG key, folded from the step and the global
-device index, so results do not depend on how a global batch is split.
+device index. The update therefore equals the 1-device update (within float
+rounding; cross-device BatchNorm) only when the step draws nothing from that
+key: classification-style tasks without dropout, augmentation or mixing. A task
+that needs randomness independent of the device count derives one key per
+example from the global example index instead (the GAN task does; its offset
+is `lax.axis_index(AXIS) * per_device`). Dropout, augmentation, mixing and the
+VAE's sampling use the device key: their runs on different device counts are
+equally valid samples, not equal.
 Multi-host runs call `initialize_distributed` first; each process feeds its
 local batch and collectives span all processes.
 """

@@ -114,15 +114,15 @@ def test_a_corrected_typo_runs_in_the_same_workdir(tiny_config, tmp_path):
   assert out["step"] == 2 and (tmp_path / "config.json").exists()
 
 
-def _train_script(workdir, config_arg, *overrides, devices=8):
+def _train_script(workdir, config_arg, *overrides, devices=8, width=4):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              PYTHONPATH=REPO)
   cmd = [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config",
          os.path.join(REPO, "configs", "mnist5k_classify.py") + config_arg,
-         "--workdir", str(workdir), "--config.progress=false", "--config.model.width=4",
-         *overrides]
+         "--workdir", str(workdir), "--config.progress=false",
+         *([f"--config.model.width={width}"] if width else []), *overrides]
   return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -194,3 +194,48 @@ def test_dump_params_writes_a_gan_runs_ema_generator(tmp_path):
   assert sorted(dumped.files) == sorted(expected) and dumped.files
   for k, v in expected.items():
     np.testing.assert_array_equal(dumped[k], np.asarray(jax.device_get(v)))
+
+
+@pytest.mark.slow  # five runs of scripts/train.py (~4 min on the shared 2-core CPU)
+def test_a_run_resumes_on_a_different_device_count(tmp_path):
+  # Without dropout, augmentation or mixing the update does not depend on the device
+  # count (see parallel.py), so 1 -> 8 and 8 -> 1 device resumes equal a 1-device run.
+  # A constant schedule: the first half runs with num_steps=2 and must not decay.
+  common = ("--config.model.dropout=0.0", "--config.batch_size=32", "--config.eval_every=4",
+            "--config.checkpoint_every=2", "--config.log_every=2",
+            "--config.optimizer.warmup_steps=0", "--config.optimizer.schedule=constant")
+  def train(name, steps, devices):
+    proc = _train_script(tmp_path / name, ":quick", *common, f"--config.num_steps={steps}",
+                         f"--dump_params={tmp_path / name}.npz", devices=devices)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+  train("one", 4, devices=1)
+  for name, first, then in (("up", 1, 8), ("down", 8, 1)):
+    train(name, 2, devices=first)
+    out = train(name, 4, devices=then)
+    assert "from step 2" in out and f'"device_count": {then}' in out
+  ref = np.load(tmp_path / "one.npz")
+  for name in ("up", "down"):
+    got = np.load(tmp_path / f"{name}.npz")
+    assert sorted(got.files) == sorted(ref.files)
+    for k in ref.files:
+      np.testing.assert_allclose(got[k], ref[k], atol=1e-5, rtol=0, err_msg=f"{name}: {k}")
+
+
+@pytest.mark.slow  # two runs of scripts/train.py (~2 min on the shared 2-core CPU)
+def test_default_quick_config_evaluates_on_8_devices_like_on_1(tmp_path):
+  # eval_batch_size 500 does not split over 8 devices: the last local batch is padded
+  # and masked. Re-evaluating the same final checkpoint on 1 device gives the same metrics.
+  import json  # pylint: disable=g-import-not-at-top
+  proc = _train_script(tmp_path, ":quick", "--config.num_steps=4", "--config.eval_every=4",
+                       devices=8, width=None)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  eight = json.load(open(tmp_path / "results.json"))
+  proc = _train_script(tmp_path, ":quick", "--config.num_steps=4", "--config.eval_every=4",
+                       devices=1, width=None)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  one = json.load(open(tmp_path / "results.json"))
+  assert np.asarray(eight["confusion"]).sum() == 1000
+  assert eight["confusion"] == one["confusion"]
+  for k in ("accuracy", "loss", "f1"):
+    assert abs(eight[k] - one[k]) <= 1e-5, (k, eight[k], one[k])
