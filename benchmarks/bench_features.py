@@ -81,7 +81,8 @@ def reference(batch_size: int):
         x = torch.nn.functional.interpolate(x, size=(SIZE, SIZE), mode="bilinear",
                                             align_corners=False)
         x = (x.repeat(1, 3, 1, 1) - mean) / std
-        out.append(model._avg_pooling(model.extract_features(x)).flatten(1).numpy())  # pylint: disable=protected-access
+        pooled = model._avg_pooling(model.extract_features(x))  # pylint: disable=protected-access
+        out.append(pooled.flatten(1).numpy())
     return np.concatenate(out)
   return extract
 

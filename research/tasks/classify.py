@@ -113,7 +113,8 @@ class ClassifyTask(base.Task):
       from research.transfer import lpft  # pylint: disable=g-import-not-at-top
       variables, probe = lpft.head_from_probe(variables, self.model, self.inputs,
                                               self.config.data, init.head_from_probe,
-                                              self.num_classes)
+                                              self.num_classes,
+                                              mode=self.config.get("parallel", "pmap"))
       if probe is not None:  # None under jax.eval_shape
         print(f"init.head_from_probe: {init.head_from_probe} probe, l2={probe.l2:g}, "
               f"val accuracy {max(probe.val_accuracy):.4f}", flush=True)

@@ -61,7 +61,8 @@ class ProbeTask(classify.ClassifyTask):
       key = features.FeatureKey(
           weights=wh, model=self.config.model.name,
           input_size=int(self.input_cfg.get("size", 0)),
-          normalize=f"{self.input_cfg.get('normalize', 'unit')}/c{self.input_cfg.get('channels', 0)}",
+          normalize=(f"{self.input_cfg.get('normalize', 'unit')}"
+                     f"/c{self.input_cfg.get('channels', 0)}"),
           dataset=cfg.name, split=split)
       images, labels = arrays[k]["image"], arrays[k]["label"]
       feats, labels, hit = cache.get_or_extract(key, lambda: (features.extract(

@@ -25,7 +25,8 @@ from research.transfer import features, probes
 
 def head_from_probe(variables: Any, model, input_fn: Callable, data_cfg, kind: str,
                     num_classes: int, head: str = "head", batch_size: int = 64,
-                    progress: bool = False) -> tuple[dict, probes.Probe | None]:
+                    progress: bool = False, mode: str = "pmap"
+                    ) -> tuple[dict, probes.Probe | None]:
   """Returns (variables with params[head] = the probe's (kernel, bias), the probe).
 
   Args:
@@ -35,6 +36,7 @@ def head_from_probe(variables: Any, model, input_fn: Callable, data_cfg, kind: s
     model: the Flax module; input_fn: stored images -> model input.
     data_cfg: the run's `data` config (few-shot subset, validation split).
     kind: 'logistic' or 'ridge' (research.transfer.probes.fit_probe).
+    mode: 'pmap' | 'shard_map', the extraction's engine (research.parallel).
 
   Under abstract evaluation (`jax.eval_shape`, as `trainer.load_state` builds
   the state a checkpoint is restored into) only shapes matter and no image
@@ -51,7 +53,7 @@ def head_from_probe(variables: Any, model, input_fn: Callable, data_cfg, kind: s
   frozen = {c: v for c, v in variables.items() if c in ("params", "batch_stats")}
   train, val = data.load_train(data_cfg), data.load_val(data_cfg)
   extract = lambda arrays: features.extract(fn, frozen, arrays["image"], batch_size,
-                                            progress=progress)
+                                            mode=mode, progress=progress)
   x_val = extract(val) if val else None
   probe = probes.fit_probe(kind, extract(train), train["label"], x_val,
                            val["label"] if val else None, num_classes)

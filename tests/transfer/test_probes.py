@@ -65,10 +65,28 @@ def test_fit_probe_picks_l2_on_validation_and_folds_standardisation():
   p = probes.fit_probe("ridge", x[:100], y[:100], xv[100:], yv[100:], 4, grid=grid)
   assert len(p.val_accuracy) == 3
   assert p.val_accuracy[grid.index(p.l2)] == max(p.val_accuracy)
-  # The returned head on raw features equals ridge on standardised features.
-  mean, std = x[:100].mean(0), x[:100].std(0)
-  w, b = probes.ridge_fit((x[:100] - mean) / std, np.eye(4, dtype=np.float32)[y[:100]], p.l2)
-  np.testing.assert_allclose(p.logits(xv), ((xv - mean) / std) @ np.asarray(w) + np.asarray(b),
+  # The returned head on raw features equals ridge on centred features divided
+  # by their root mean square.
+  mean = x[:100].mean(0)
+  scale = np.sqrt(np.mean((x[:100] - mean) ** 2))
+  w, b = probes.ridge_fit((x[:100] - mean) / scale, np.eye(4, dtype=np.float32)[y[:100]], p.l2)
+  np.testing.assert_allclose(p.logits(xv), ((xv - mean) / scale) @ np.asarray(w) + np.asarray(b),
                              atol=1e-3)
   with pytest.raises(ValueError, match="kind must be"):
     probes.fit_probe("svm", x, y, xv, yv, 4)
+
+
+@pytest.mark.parametrize("kind", ["ridge", "logistic"])
+def test_fit_probe_is_not_thrown_by_channels_constant_on_the_training_set(kind):
+  """Pooled features of few images have near-constant channels (post-ReLU); one
+  that is ~0 on every training image but large at test time must not take
+  over the test logits (per-feature standardisation multiplied it by ~1e5)."""
+  x, y = _blobs(300, 30, seed=4, spread=0.5)
+  dead = np.zeros((300, 5), np.float32)
+  dead[0, :] = 1e-5  # one training image barely activates them
+  dead[200:] = 3.0   # the validation and test images do
+  x = np.concatenate([x, dead], 1)
+  clean = probes.fit_probe(kind, x[:100, :30], y[:100], x[100:200, :30], y[100:200], 4)
+  noisy = probes.fit_probe(kind, x[:100], y[:100], x[100:200], y[100:200], 4)
+  acc = lambda p, cols: np.mean(np.argmax(p.logits(x[200:, cols]), -1) == y[200:])
+  assert acc(noisy, slice(None)) >= acc(clean, slice(0, 30)) - 0.02
