@@ -12,11 +12,14 @@ from research import trainer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+_SHORT = {"num_steps": 4, "eval_every": 4, "checkpoint_every": 2, "log_every": 2}
+
+
 @pytest.fixture(scope="module")
 def finished_run(tiny_config, tmp_path_factory):
-  """A finished 20-step tiny run with checkpoints at steps 10 and 20 (copy before altering)."""
+  """A finished 4-step tiny run with checkpoints at steps 2 and 4 (copy before altering)."""
   workdir = tmp_path_factory.mktemp("finished") / "run"
-  trainer.train_and_evaluate(tiny_config(), str(workdir))
+  trainer.train_and_evaluate(tiny_config(**_SHORT), str(workdir))
   return workdir
 
 
@@ -39,14 +42,14 @@ def _flip_bytes_in_an_array_chunk(step_dir):
 def test_flipped_bytes_in_the_newest_checkpoint_resume_from_the_previous_one(
     finished_run, tiny_config, tmp_path, capsys):
   run = _copy(finished_run, tmp_path)
-  _flip_bytes_in_an_array_chunk(run / "checkpoints" / "20")
-  out = trainer.train_and_evaluate(tiny_config(), str(run))
+  _flip_bytes_in_an_array_chunk(run / "checkpoints" / "4")
+  out = trainer.train_and_evaluate(tiny_config(**_SHORT), str(run))
   printed = capsys.readouterr().out
-  assert "checkpoint at step 20" in printed and "sha256 mismatch" in printed, printed
-  assert "Resumed" in printed and "from step 10" in printed
-  assert out["step"] == 20
-  assert [p.split("_")[0] for p in os.listdir(run / "checkpoints_unreadable")] == ["20"]
-  # The step was trained again from step 10 and saved afresh, verified.
+  assert "checkpoint at step 4" in printed and "sha256 mismatch" in printed, printed
+  assert "Resumed" in printed and "from step 2" in printed
+  assert out["step"] == 4
+  assert [p.split("_")[0] for p in os.listdir(run / "checkpoints_unreadable")] == ["4"]
+  # The steps were trained again from step 2 and saved afresh, verified.
   _, state = trainer.load_state(str(run))
   assert all(np.isfinite(np.asarray(x)).all() for x in trainer.params_lib.flatten(state).values())
 
@@ -75,18 +78,18 @@ def test_data_state_without_position_makes_the_checkpoint_unreadable(finished_ru
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from research import data  # pylint: disable=g-import-not-at-top
   run = _copy(finished_run, tmp_path)
-  with open(run / "checkpoints" / "20" / "data" / "metadata", "w") as f:
-    f.write('{"pos": 640}')  # valid JSON, not an iterator state
-  _, state = trainer.load_state(str(run), step=10)
+  with open(run / "checkpoints" / "4" / "data" / "metadata", "w") as f:
+    f.write('{"pos": 128}')  # valid JSON, not an iterator state
+  _, state = trainer.load_state(str(run), step=2)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   it = data.ArrayIterator({"x": np.arange(10)}, 2, seed=0)
-  mngr = trainer.make_checkpoint_manager(str(run), tiny_config())
+  mngr = trainer.make_checkpoint_manager(str(run), tiny_config(**_SHORT))
   step, _, data_state = trainer.restore_checkpoint(mngr, abstract, it.set_state)
   mngr.close()
   printed = capsys.readouterr().out
-  assert step == 10 and it.position == data_state["position"] == 320
-  assert "checkpoint at step 20" in printed and "'position'" in printed, printed
-  assert [p.split("_")[0] for p in os.listdir(run / "checkpoints_unreadable")] == ["20"]
+  assert step == 2 and it.position == data_state["position"] == 64
+  assert "checkpoint at step 4" in printed and "'position'" in printed, printed
+  assert [p.split("_")[0] for p in os.listdir(run / "checkpoints_unreadable")] == ["4"]
 
 
 @pytest.mark.parametrize("override, error", [
@@ -239,3 +242,22 @@ def test_default_quick_config_evaluates_on_8_devices_like_on_1(tmp_path):
   assert eight["confusion"] == one["confusion"]
   for k in ("accuracy", "loss", "f1"):
     assert abs(eight[k] - one[k]) <= 1e-5, (k, eight[k], one[k])
+
+
+def test_non_finite_loss_names_the_newest_verified_checkpoint(finished_run, tiny_config,
+                                                              tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  run = _copy(finished_run, tmp_path)
+  # Replace step 4 by a finite, correctly checksummed state that diverges at once.
+  task, state = trainer.load_state(str(run), step=4)
+  state = state.replace(params=jax.tree.map(lambda x: x * 1e30, state.params))
+  shutil.rmtree(run / "checkpoints" / "4")
+  mngr = trainer.make_checkpoint_manager(str(run), tiny_config(**_SHORT))
+  trainer.save_checkpoint(mngr, 4, state, {"position": 128})
+  mngr.wait_until_finished()
+  mngr.close()
+  del task
+  with pytest.raises(trainer.NonFiniteLossError,
+                     match=r"non-finite loss at step [56].*last good checkpoint \(step 4\)"):
+    trainer.train_and_evaluate(tiny_config(**{**_SHORT, "num_steps": 6}), str(run))
+  assert sorted(os.listdir(run / "checkpoints")) == ["2", "4"]
