@@ -72,29 +72,6 @@ def generator_config(spec: str, k: int, seed: int, overrides=()):
   return config
 
 
-def generate(task, state, num_per_class: int, seed: int, chunk: int = 500):
-  """Balanced samples: (uint8 [C * num_per_class, H, W, ch], int32 labels)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  is_vae = hasattr(task, "decode_mean")
-  latent = task.model.latent_dim if is_vae else task.latent_dim
-  if is_vae:
-    fn = jax.jit(lambda z, y: task.decode_mean(state.params, z, y))
-  else:
-    fn = jax.jit(lambda z, y: task.sample(state, z, y))
-  labels = np.repeat(np.arange(task.num_classes), num_per_class).astype(np.int32)
-  key = jax.random.PRNGKey(seed)
-  images = []
-  for start in range(0, len(labels), chunk):
-    m = min(chunk, len(labels) - start)
-    z = jax.random.normal(jax.random.fold_in(key, start), (chunk, latent))
-    y = jnp.asarray(np.pad(labels[start:start + m], (0, chunk - m)))
-    images.append(np.asarray(fn(z, y))[:m])
-  images = np.clip(np.round(np.concatenate(images) * 255.0), 0, 255).astype(np.uint8)
-  return images, labels
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +97,7 @@ def main(argv=None) -> int:
     return 2
 
   from research import tasks  # pylint: disable=g-import-not-at-top
+  from research.tasks import generation  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   os.makedirs(args.out, exist_ok=True)
   record = record_training_data(tasks.get_task(config.task, config), config,
@@ -130,7 +108,8 @@ def main(argv=None) -> int:
     print(f"preempted at step {result['step']}; rerun to resume", flush=True)
     return 1
   task, state = trainer.load_state(workdir, config)
-  images, labels = generate(task, state, args.num_per_class, args.seed + 7)
+  images, labels = generation.generate_balanced(generation.require(task, workdir), state,
+                                                args.num_per_class, args.seed + 7)
   path = os.path.join(args.out, "samples.npz")
   with open(path + ".tmp", "wb") as f:
     np.savez(f, image=images, label=labels)

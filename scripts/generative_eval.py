@@ -4,9 +4,10 @@
       --out runs/cgan_eval [--num 4000] [--cas_steps 1500] [--iwae_k 1000]
 
 Steps (each writes into --out, and results.json collects them):
-  1. samples: `scripts/sample.py --num_npz NUM` -> OUT/samples/{grid,interpolation,
-     reconstruction}.png and samples.npz (class-balanced labelled samples).
-  2. CAS (Ravuri & Vinyals 2019): `scripts/train.py` with the classify config
+  1. samples: what `scripts/sample.py --num_npz NUM` writes (research.tasks.generation)
+     -> OUT/samples/{grid,interpolation,reconstruction}.png and samples.npz
+     (class-balanced labelled samples, NUM rounded up to a multiple of the classes).
+  2. CAS (Ravuri & Vinyals 2019): a classifier trained in-process with the classify config
      (configs/mnist5k_classify.py, the recipe of the real-data classifier) on the
      samples only (data.synthetic = samples.npz, synthetic_ratio = 1), tested
      on the REAL test split; CAS is its final test accuracy.
@@ -27,21 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(cmd: list[str]) -> float:
-  """Runs a command (echoed), fails loudly; returns its wall time in seconds."""
-  print("+", " ".join(cmd), flush=True)
-  t = time.time()
-  subprocess.run(cmd, check=True, cwd=ROOT)
-  return time.time() - t
+CAS_CONFIG = os.path.join(ROOT, "configs", "mnist5k_classify.py")
 
 
 def classifier_extractor(workdir: str):
@@ -129,7 +122,6 @@ def main(argv=None) -> int:
   parser.add_argument("--iwae_examples", type=int, default=1000)
   parser.add_argument("--skip_cas", action="store_true")
   args = parser.parse_args(argv)
-  # The steps below run other scripts from the repository root: paths must not be relative.
   args.generator, args.classifier, args.out = map(
       os.path.abspath, (args.generator, args.classifier, args.out))
   os.makedirs(args.out, exist_ok=True)
@@ -145,28 +137,37 @@ def main(argv=None) -> int:
     with open(results_path, "w") as f:
       json.dump(results, f, indent=2)
 
-  py = sys.executable
   samples = os.path.join(args.out, "samples")
   npz = os.path.join(samples, "samples.npz")
-  if not os.path.exists(npz):
-    wall["samples"] = _run([py, "scripts/sample.py", "--workdir", args.generator,
-                            "--out", samples, "--num_npz", str(args.num)])
+  if not os.path.exists(npz):  # class-balanced, as scripts/complete.py draws them
+    from research import trainer  # pylint: disable=g-import-not-at-top
+    from research.tasks import generation  # pylint: disable=g-import-not-at-top
+    t = time.time()
+    task, state = trainer.load_state(args.generator)
+    task = generation.require(task, args.generator)
+    images, labels = generation.generate_balanced(
+        task, state, -(-args.num // task.num_classes), seed=7)
+    generation.save_pictures(task, state, samples)
+    np.savez(npz, image=images, label=labels)
+    wall["samples"] = time.time() - t
     save()
 
   if not args.skip_cas and "cas" not in results:
+    from research import config_lib, trainer  # pylint: disable=g-import-not-at-top
     cas_dir = os.path.join(args.out, "cas")
-    cmd = [py, "scripts/train.py", "--config", "configs/mnist5k_classify.py",
-           "--workdir", cas_dir, f"--config.data.synthetic={os.path.abspath(npz)}",
-           "--config.data.synthetic_ratio=1.0", "--config.progress=false"]
+    overrides = {"data.synthetic": npz, "data.synthetic_ratio": 1.0, "progress": False}
     if args.cas_steps:
-      cmd.append(f"--config.num_steps={args.cas_steps}")
-    wall["cas_train"] = _run(cmd)
+      overrides["num_steps"] = args.cas_steps
+    t = time.time()
+    trainer.train_and_evaluate(
+        config_lib.apply_overrides(config_lib.load(CAS_CONFIG), overrides), cas_dir)
+    wall["cas_train"] = time.time() - t
     with open(os.path.join(cas_dir, "results.json")) as f:
       cas = json.load(f)
     confusion = np.asarray(cas["confusion"], np.float64)
     results["cas"] = cas["accuracy"]
     results["cas_per_class"] = list(np.diag(confusion) / confusion.sum(1))
-    results["cas_command"] = " ".join(cmd[1:])
+    results["cas_config"] = {"config": os.path.relpath(CAS_CONFIG, ROOT), **overrides}
     save()
 
   if "fd" not in results:

@@ -135,7 +135,7 @@ def test_sample_script_writes_grids_and_a_balanced_npz(kind, request, tmp_path):
 
 def test_sample_script_refuses_a_classifier_run(classify_run):
   proc = _script("sample.py", "--workdir", classify_run, check=False)
-  assert proc.returncode == 2 and "expected 'gan' or 'vae'" in proc.stderr
+  assert proc.returncode == 2 and "expected a generative task ('gan' or 'vae')" in proc.stderr
 
 
 def test_generative_eval_script_from_another_directory(vae_run, classify_run, tmp_path):

@@ -43,7 +43,7 @@ from research import optim
 from research.losses import adversarial
 from research.models import gan as gan_models
 from research.parallel import AXIS
-from research.tasks import base
+from research.tasks import base, generation
 from research.tasks.sample_grid import save_image_grid
 
 
@@ -74,7 +74,7 @@ def _fold_all(keys, data: int):
   return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
 
 
-class GANTask(base.Task):
+class GANTask(base.Task, generation.Generative):
   """Adversarial training of a (conditional) generator and discriminator."""
 
   def __init__(self, config):
@@ -177,6 +177,9 @@ class GANTask(base.Task):
       labels = jnp.zeros(z.shape[0], jnp.int32)
     x, _ = self.g_apply(params, state.g_batch_stats, z, labels, False)
     return (x + 1.0) / 2.0
+
+  def images_from_latents(self, state, z, labels):
+    return self.sample(state, z, labels)
 
   # ---- host side ----
   def init_state(self, rng, batch):

@@ -34,7 +34,7 @@ from research import optim
 from research.losses import elbo as elbo_lib
 from research.models import vae as vae_models
 from research.parallel import AXIS
-from research.tasks import base
+from research.tasks import base, generation
 from research.tasks.sample_grid import save_image_grid
 
 
@@ -55,7 +55,7 @@ class VAEState:
   opt_state: Any
 
 
-class VAETask(base.Task):
+class VAETask(base.Task, generation.Generative):
   """(Conditional) VAE with a choice of likelihoods."""
 
   def __init__(self, config):
@@ -102,12 +102,23 @@ class VAETask(base.Task):
     mean = jax.nn.sigmoid(out[0]) if self.likelihood == "bernoulli" else out[0]
     return jnp.clip(mean, 0.0, 1.0)
 
-  def reconstruct(self, params, images, labels=None):
+  def reconstruct(self, state, images, labels=None):
     """uint8 images [N, H, W, C] -> mean reconstructions from z = E[q(z|x)]."""
+    params = state.params
     x = images.astype(jnp.float32) / 255.0
     mean, _ = self.model.apply({"params": params}, x, self._labels(labels),
                                method=self.model.encode)
     return self.decode_mean(params, mean, labels)
+
+  # ---- generation (research.tasks.generation) ----
+  can_reconstruct = True
+
+  @property
+  def latent_dim(self):
+    return self.model.latent_dim
+
+  def images_from_latents(self, state, z, labels):
+    return self.decode_mean(state.params, z, labels)
 
   def _bound_terms(self, params, x, labels, key):
     out, mean, log_var = self.model.apply({"params": params}, x, self._labels(labels),
