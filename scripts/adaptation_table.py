@@ -39,6 +39,10 @@ def _runs(root: str) -> list[dict]:
   return rows
 
 
+# Row order within a pair: the references first, then the methods (any other name last).
+_ORDER = ("source_only", "oracle", "dann", "cdan", "cdan_e", "coral", "mmd", "importance")
+
+
 def _std(x):
   return float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
 
@@ -50,7 +54,9 @@ def table(sweeps: list[tuple[str, str, str]]) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for r in _runs(root):
       groups.setdefault(r["method"] + suffix, []).append(r)
-    for method, rs in groups.items():
+    rank = lambda m: (_ORDER.index(m[:len(m) - len(suffix)])
+                      if m[:len(m) - len(suffix)] in _ORDER else len(_ORDER), m)
+    for method, rs in sorted(groups.items(), key=lambda kv: rank(kv[0])):
       rs = sorted(rs, key=lambda r: r["seed"])
       acc = [r["accuracy"] for r in rs]
       out.append({"pair": pair, "method": method, "n": len(rs),
@@ -70,6 +76,10 @@ def table(sweeps: list[tuple[str, str, str]]) -> list[dict]:
   return out
 
 
+def _fmt(x: float) -> str:
+  return "—" if np.isnan(x) else f"{x:.2f}"
+
+
 def markdown(rows: list[dict]) -> str:
   lines = ["| pair | method | n | target acc. (mean ± std) | source acc. | target_val acc. "
            "| gain over source-only | gap closed | target acc. per seed |",
@@ -78,7 +88,7 @@ def markdown(rows: list[dict]) -> str:
     lines.append(f"| {r['pair']} | {r['method']} | {r['n']} | {r['target_accuracy_mean']:.3f} ± "
                  f"{r['target_accuracy_std']:.3f} | {r['source_accuracy_mean']:.3f} | "
                  f"{r['target_val_accuracy_mean']:.3f} | {r['gain_over_source_only']:+.3f} | "
-                 f"{r['gap_closed']:.2f} | {r['target_accuracy_per_seed']} |")
+                 f"{_fmt(r['gap_closed'])} | {r['target_accuracy_per_seed']} |")
   return "\n".join(lines) + "\n"
 
 
