@@ -23,7 +23,8 @@ def data_config(name: str = "mnist5k", **fields: Any) -> ml_collections.ConfigDi
   of them can be overridden (field meanings: research/data/__init__.py)."""
   c = ml_collections.ConfigDict(dict(
       name=name, train_split="train", eval_split="test", data_dir="", image_size=0,
-      few_shot_k=0, few_shot_seed=0, few_shot_val=0, synthetic="", synthetic_ratio=0.0))
+      few_shot_k=0, few_shot_seed=0, few_shot_val=0, synthetic="", synthetic_ratio=0.0,
+      folder_channels=3, folder_resize="crop"))
   for field, value in fields.items():
     override(c, field, value)
   return c

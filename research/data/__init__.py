@@ -2,7 +2,9 @@
 real+synthetic mixing, per-process sharding and resumable iteration.
 
 Configured by a `data` ConfigDict:
-  name: dataset ('mnist5k', 'uci_digits' or a prepared TFDS dataset)
+  name: dataset ('mnist5k', 'uci_digits', 'mnistm5k', a prepared TFDS dataset, or
+    'folder:/path' for the user's own images in class folders (research/data/folder.py;
+    needs image_size > 0; folder_channels 3 | 1, folder_resize 'crop' | 'pad')
   train_split, eval_split: split names ('train', 'test', 'train[:90%]')
   data_dir: TFDS data dir ('' = default)
   image_size: resize on load (0 = native size)
@@ -37,7 +39,8 @@ def load_split(cfg, split: str) -> dict:
   """
   framed = bool(cfg.get("frame", ""))
   arrays = load(cfg.name, split, cfg.get("data_dir") or None,
-                0 if framed else cfg.get("image_size", 0))
+                0 if framed else cfg.get("image_size", 0),
+                cfg.get("folder_channels", 3), cfg.get("folder_resize", "crop"))
   if framed:  # on the images as stored, then resized to image_size
     arrays["image"] = frame.frame_and_resize(arrays["image"], cfg)
   return arrays

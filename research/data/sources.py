@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from research.data import builders, pipeline
+from research.data import builders, folder, pipeline
 
 DEFAULT_DATA_DIR = os.environ.get(
     "RESEARCH_DATA_DIR", os.path.expanduser("~/.cache/research/tensorflow_datasets"))
@@ -94,7 +94,8 @@ def _tfds_source(name: str, split: str, data_dir: str):
 
 
 def load(name: str, split: str, data_dir: str | None = None,
-         image_size: int = 0) -> dict[str, np.ndarray]:
+         image_size: int = 0, folder_channels: int = 3,
+         folder_resize: str = "crop") -> dict[str, np.ndarray]:
   """Loads `split` of dataset `name` into memory.
 
   Args:
@@ -104,17 +105,23 @@ def load(name: str, split: str, data_dir: str | None = None,
     data_dir: TFDS data directory; default $RESEARCH_DATA_DIR or
       ~/.cache/research/tensorflow_datasets.
     image_size: if > 0, images are resized (bilinear) to [size, size].
+    folder_channels, folder_resize: for 'folder:/path' datasets (the user's own
+      images, research/data/folder.py): 3 (RGB) or 1 (grayscale); 'crop' or 'pad'.
 
   Returns:
     {'image': uint8 [N, H, W, C] in [0, 255], 'label': int32 [N]}.
   """
   data_dir = data_dir or DEFAULT_DATA_DIR
+  if folder.is_folder(name):
+    return _read_all(folder.source(name, split, data_dir, image_size, folder_channels,
+                                   folder_resize))
   if name in builders.OFFLINE_BUILDERS:
     arrays = _read_all(_offline_source(name, split, data_dir))
   elif re.fullmatch(r"[a-z0-9_]+(/[a-z0-9_.]+)?(:[0-9.]+)?", name):
     arrays = _read_all(_tfds_source(name, split, data_dir))
   else:
-    raise ValueError(f"Unknown dataset {name!r}; valid datasets: {names()}")
+    raise ValueError(f"Unknown dataset {name!r}; valid datasets: {names()}, or "
+                     f"'folder:/path/to/root' for your own images in class folders")
   if image_size and arrays["image"].shape[1:3] != (image_size, image_size):
     arrays["image"] = resize_uint8(arrays["image"], image_size)
   return arrays
