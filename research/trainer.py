@@ -162,6 +162,15 @@ def state_checksums(state) -> dict[str, str]:
   return out
 
 
+# The checksums item's entry for the data-iterator state (not a valid leaf path).
+DATA_CHECKSUM_KEY = "<data iterator state>"
+
+
+def _json_sha256(value) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+                        ).hexdigest()
+
+
 def _nonfinite_leaves(state) -> list[str]:
   return [name for name, x in params_lib.flatten(state).items()
           if np.issubdtype(np.asarray(x).dtype, np.inexact) and not np.isfinite(x).all()]
@@ -182,7 +191,7 @@ def verify_state(state, checksums: dict[str, str] | None) -> None:
 
 
 def save_checkpoint(mngr, step: int, state, data_state: dict, metrics=None) -> None:
-  """Saves the state, the data-iterator state and a sha256 per array (checked on restore).
+  """Saves the state, the data-iterator state and a sha256 of each (checked on restore).
 
   Raises NonFiniteLossError (and saves nothing) if the state holds a non-finite value, so
   every checkpoint on disk is finite.
@@ -198,7 +207,9 @@ def save_checkpoint(mngr, step: int, state, data_state: dict, metrics=None) -> N
     state = host
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           data=ocp.args.JsonSave(data_state),
-                                          checksums=ocp.args.JsonSave(state_checksums(host))),
+                                          checksums=ocp.args.JsonSave(
+                                              {**state_checksums(host),
+                                               DATA_CHECKSUM_KEY: _json_sha256(data_state)})),
             metrics=metrics, force=True)
 
 
@@ -212,7 +223,12 @@ def _read_checkpoint(mngr, step: int, abstract_state) -> tuple[Any, dict]:
   if not has_sums:
     log.warning("checkpoint at step %d has no checksums (written by an older version); "
                 "only its finiteness is checked", step)
-  verify_state(jax.device_get(restored["state"]), restored.get("checksums"))
+  sums = dict(restored.get("checksums") or {}) if has_sums else None
+  if sums and DATA_CHECKSUM_KEY in sums:
+    if sums.pop(DATA_CHECKSUM_KEY) != _json_sha256(restored["data"]):
+      raise CheckpointError("sha256 mismatch in the data-iterator state: the file changed "
+                            "after it was saved")
+  verify_state(jax.device_get(restored["state"]), sums)
   return restored["state"], restored["data"]
 
 

@@ -78,12 +78,15 @@ def test_data_state_without_position_makes_the_checkpoint_unreadable(finished_ru
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from research import data  # pylint: disable=g-import-not-at-top
   run = _copy(finished_run, tmp_path)
-  with open(run / "checkpoints" / "4" / "data" / "metadata", "w") as f:
-    f.write('{"pos": 128}')  # valid JSON, not an iterator state
   _, state = trainer.load_state(str(run), step=2)
+  # Step 4 saved again, checksums and all, with a data state that is valid JSON but no
+  # iterator state (as another iterator type or an older version would write it).
+  shutil.rmtree(run / "checkpoints" / "4")
+  mngr = trainer.make_checkpoint_manager(str(run), tiny_config(**_SHORT))
+  trainer.save_checkpoint(mngr, 4, state, {"pos": 128})
+  mngr.wait_until_finished()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   it = data.ArrayIterator({"x": np.arange(10)}, 2, seed=0)
-  mngr = trainer.make_checkpoint_manager(str(run), tiny_config(**_SHORT))
   step, _, data_state = trainer.restore_checkpoint(mngr, abstract, it.set_state)
   mngr.close()
   printed = capsys.readouterr().out
@@ -261,3 +264,21 @@ def test_non_finite_loss_names_the_newest_verified_checkpoint(finished_run, tiny
                      match=r"non-finite loss at step [56].*last good checkpoint \(step 4\)"):
     trainer.train_and_evaluate(tiny_config(**{**_SHORT, "num_steps": 6}), str(run))
   assert sorted(os.listdir(run / "checkpoints")) == ["2", "4"]
+
+
+def test_an_edited_data_iterator_state_fails_its_checksum(finished_run, tmp_path, capsys):
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from research import data  # pylint: disable=g-import-not-at-top
+  run = _copy(finished_run, tmp_path)
+  with open(run / "checkpoints" / "4" / "data" / "metadata", "w") as f:
+    f.write('{"position": 96}')  # a valid state, not the saved one (128)
+  _, state = trainer.load_state(str(run), step=2)
+  it = data.ArrayIterator({"x": np.arange(10)}, 2, seed=0)
+  mngr = trainer.make_checkpoint_manager(str(run), trainer.ml_collections.ConfigDict())
+  step, _, _ = trainer.restore_checkpoint(
+      mngr, jax.tree.map(ocp.utils.to_shape_dtype_struct, state), it.set_state)
+  mngr.close()
+  printed = capsys.readouterr().out
+  assert step == 2 and it.position == 64
+  assert "checkpoint at step 4" in printed and "data-iterator state" in printed, printed
