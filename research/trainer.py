@@ -200,7 +200,8 @@ def save_checkpoint(mngr, step: int, state, data_state: dict, metrics=None) -> N
   bad = _nonfinite_leaves(host)
   if bad:
     raise NonFiniteLossError(f"non-finite values in the state at step {step} ({len(bad)} "
-                             f"array(s), first {bad[0]!r}); not saved")
+                             f"array(s), first {bad[0]!r}); not saved. "
+                             f"{_last_checkpoint_note(mngr)}")
   if jax.process_count() > 1:
     # pmap outputs are host-local arrays, which orbax cannot write across hosts;
     # the state is identical on every process, so write its host copy.

@@ -282,3 +282,14 @@ def test_an_edited_data_iterator_state_fails_its_checksum(finished_run, tmp_path
   printed = capsys.readouterr().out
   assert step == 2 and it.position == 64
   assert "checkpoint at step 4" in printed and "data-iterator state" in printed, printed
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path):
+  mngr = trainer.make_checkpoint_manager(str(tmp_path), trainer.ml_collections.ConfigDict())
+  state = {"w": np.array([1.0, np.inf], np.float32)}
+  with pytest.raises(trainer.NonFiniteLossError,
+                     match=r"non-finite values in the state at step 7 \(1 array\(s\), first "
+                           r"'w'\); not saved. No checkpoint has been saved"):
+    trainer.save_checkpoint(mngr, 7, state, {"position": 0})
+  mngr.close()
+  assert mngr.all_steps() == []
