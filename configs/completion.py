@@ -38,8 +38,17 @@ Variants: quick (k = 10, 50; seed 0; r = 0.5; no combined arms, no
 probe or finetune; short budgets: a few minutes on a 2-core CPU), full (k = 10, 50,
 100; seeds 0, 1, 2; r = 0.25, 0.5; every arm; 300 classifier steps of 64,
 cVAE 2000 steps, SNGAN 1000 steps at width 16: about 75 minutes on a 2-core
-CPU). The seed picks the k-shot
+CPU without probe and finetune; on the shared 2-core CPU at load average ~10
+the 9 probe runs took 29 minutes, the first extracting and caching the
+features, and one finetune run ~10 minutes). The seed picks the k-shot
 subset, its validation split and the training randomness.
+
+New arms can be run alone and merged into an earlier sweep's table:
+
+  python scripts/sweep.py --config configs/completion.py:full --root runs/new \
+      --only _arm=probe,finetune
+  python scripts/completion_report.py --root runs/merged --config configs/completion.py:full \
+      --from_csv research/docs/completion/runs.csv --from_csv runs/new/runs.csv
 """
 import importlib.util
 import os
@@ -176,6 +185,14 @@ def get_sweep(arg: str = ""):
   return runs
 
 
+def _same_data_flags(overrides) -> list[str]:
+  """The run's own data-block overrides (e.g. `--set data.name=folder:DIR`), so that its
+  generator trains on the same images; the k-shot fields are set by complete.py."""
+  skip = ("data.few_shot_", "data.synthetic")
+  return [f"--config.{key}={value}" for key, value in overrides.items()
+          if key.startswith("data.") and not key.startswith(skip)]
+
+
 def get_prerequisites(overrides):
   """The generator a run's data.synthetic needs, trained on that run's k-shot subset."""
   path = overrides.get("data.synthetic", "")
@@ -202,7 +219,8 @@ def get_prerequisites(overrides):
                         "--k", str(k), "--seed", str(seed), "--out", "{dir}",
                         "--num_per_class", "500"]
                + generator_overrides(kind, variant)
-               + [f"--config.data.few_shot_val={val_per_class(k)}"],
+               + [f"--config.data.few_shot_val={val_per_class(k)}"]
+               + _same_data_flags(overrides),
                output="{dir}/samples.npz")]
 
 

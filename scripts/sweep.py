@@ -3,6 +3,8 @@
   python scripts/sweep.py --config configs/mnist5k_classify.py:quick --root runs/sw \
       --grid data.few_shot_k=10,50,100 --grid seed=0,1,2 --parallel 2
   python scripts/sweep.py --config configs/completion.py:quick --root runs/completion
+  python scripts/sweep.py --config configs/completion.py:quick --root runs/mine \
+      --set data.name=folder:my_images --set data.image_size=28
 
 Without --grid the runs come from the config file's get_sweep(arg). Each run
 lives in ROOT/<name>; rerunning skips finished runs and resumes the others.
@@ -34,6 +36,10 @@ def main(argv=None) -> int:
   parser.add_argument("--only", action="append", default=[],
                       help="field=v1,v2,... (repeatable): keep only the runs whose field "
                            "has one of these values, e.g. --only _arm=probe,finetune")
+  parser.add_argument("--set", action="append", default=[], dest="sets",
+                      help="field=value (repeatable): one override added to every run, e.g. "
+                           "--set data.name=folder:my_images (prerequisites that train on the "
+                           "run's data get the data.* ones too)")
   parser.add_argument("--parallel", type=int, default=None, help="runs at once (default 1)")
   parser.add_argument("--seed_axis", default=None, help="axis averaged over (default 'seed')")
   parser.add_argument("--group_by", default=None,
@@ -54,6 +60,11 @@ def main(argv=None) -> int:
       runs = sweep.grid(dict(sweep.parse_grid_flag(g) for g in args.grid))
     else:
       runs, options = sweep.sweep_from_config(args.config)
+    for text in args.sets:
+      field, values = sweep.parse_grid_flag(text)
+      if len(values) != 1:
+        raise ValueError(f"--set {text!r}: one value expected (use --grid to sweep values)")
+      runs = [{**r, field: values[0]} for r in runs]
     for field, values in (sweep.parse_grid_flag(o) for o in args.only):
       runs = [r for r in runs if r.get(field) in values]
       if not runs:

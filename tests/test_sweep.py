@@ -154,6 +154,32 @@ def test_unknown_field_fails_before_launching(tmp_path, capsys):
   assert not root.exists() or not os.listdir(root)  # nothing was launched
 
 
+def test_set_adds_one_override_to_every_run_and_reaches_the_generators(tmp_path, capsys):
+  """--set data.name=folder:DIR: every run (and, in the completion sweep, the generator each
+  run needs) uses the user's dataset."""
+  sys.path.insert(0, os.path.join(REPO, "scripts"))
+  try:
+    import sweep as sweep_script  # scripts/sweep.py
+  finally:
+    sys.path.pop(0)
+  root = tmp_path / "root"
+  rc = sweep_script.main(["--config", os.path.join(REPO, "configs", "completion.py:quick"),
+                          "--root", str(root), "--set", "data.name=folder:/data/mine",
+                          "--set", "data.image_size=28", "--report_only"])
+  assert rc == 0, capsys.readouterr().err
+  with open(root / "runs.csv") as f:
+    rows = [r for r in csv.DictReader(f) if r["_arm"] != "best (val)"]
+  assert rows and all(r["data.name"] == "folder:/data/mine" for r in rows)
+  completion = config_lib.load_module(os.path.join(REPO, "configs", "completion.py"))
+  run = next(r for r in completion.get_sweep("quick") if r.get("data.synthetic"))
+  (prereq,) = completion.get_prerequisites({**run, "data.name": "folder:/data/mine"})
+  assert "--config.data.name=folder:/data/mine" in prereq["command"]
+  assert not any(a.startswith("--config.data.few_shot_k") for a in prereq["command"])
+  rc = sweep_script.main(["--config", os.path.join(REPO, "configs", "mnist5k_classify.py"),
+                          "--root", str(root), "--grid", "seed=0", "--set", "seed=1,2"])
+  assert rc == 2 and "one value expected" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- scheduling
 def test_parallel_runs_prerequisites_once_then_skip_on_rerun(fake, tmp_path):
   config, train = fake

@@ -110,6 +110,7 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> str:
   columns: list[str] = []
   for row in rows:
     columns += [k for k in row if k not in columns]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
