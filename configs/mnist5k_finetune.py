@@ -73,6 +73,7 @@ def get_config(arg: str = ""):
   c.parallel = "pmap"
   c.progress = True
   c.distributed = False
+  c.profile_steps = ""
 
   if "linear_probe" in args:
     c.optimizer.frozen = (r"(?!head/).*",)

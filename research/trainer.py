@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from research import params as params_lib
-from research import parallel, tasks
+from research import parallel, profiling, tasks
 from research.tasks.base import DataContext
 
 log = logging.getLogger("research.trainer")
@@ -378,6 +378,7 @@ def _set_up(config):
   initial state); raises ValueError naming the config field for a bad task, model,
   dataset, few-shot size, augmentation, optimizer or batch size.
   """
+  profiling.parse(config.get("profile_steps", ""))
   with _naming_the_field(config):
     task = tasks.get_task(config.task, config)
     per_device = _check_batch_size(config)
@@ -484,8 +485,10 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
   config_written = False
   from research.transfer import fewshot_eval  # pylint: disable=g-import-not-at-top
   fewshot = fewshot_eval.for_run(config, task)  # None without a config.fewshot block
+  profile = profiling.Window(config.get("profile_steps", ""), os.path.join(workdir, "profile"))
   try:
     while step < num_steps:
+      profile.step_begins(step)
       batch = dp.put_batch(parallel.shard(next(train_iter)))
       state, metrics = dp.train_step(state, batch, train_rng, np.int32(step))
       if not config_written:  # the run has started: the config is valid
@@ -493,6 +496,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
         write_config(config, workdir)
         config_written = True
       step += 1
+      profile.step_ended(step, (state, metrics))
       history.append((step, metrics))
       # Read the stop flag once per step: a signal landing between the save
       # decision and the exit below would otherwise exit without saving.
@@ -529,6 +533,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
     if not config_written:
       write_config(config, workdir)
   finally:
+    profile.close()
     progress.close()
     mngr.wait_until_finished()
     mngr.close()
