@@ -7,6 +7,10 @@ compilation and the final eval/checkpoint; the minimal loop is timed after
 compilation. Medians over repeats; overhead = ratio - 1.
 
   python benchmarks/bench_trainer.py [--steps 100] [--repeats 3] [--config configs/mnist5k_classify.py]
+
+With --prefetch 0,2 it times the trainer with each device-prefetch depth instead
+(interleaved per repeat) and reports each against the first, e.g. on an
+input-heavy setting: --config.data.image_size=112 (larger batches to move).
 """
 from __future__ import annotations
 
@@ -58,14 +62,41 @@ def trainer_run_time(config, steps: int) -> float:
     return time.perf_counter() - t
 
 
+def compare_prefetch(config, args, depths) -> int:
+  from research import timing
+  times = {d: [] for d in depths}
+  for r in range(args.repeats):
+    for d in depths[r % len(depths):] + depths[:r % len(depths)]:  # rotate the order
+      c = config.copy_and_resolve_references()
+      c.prefetch = d
+      times[d].append((trainer_run_time(c, 2 * args.steps) - trainer_run_time(c, args.steps))
+                      / args.steps)
+      print(f"repeat {r}: prefetch={d} {times[d][-1] * 1e3:.2f} ms/step", flush=True)
+  base = statistics.median(times[depths[0]])
+  print(f"\nCPU: {timing.cpu_model()}; model={config.model.name} batch={config.batch_size} "
+        f"image_size={config.data.get('image_size', 0)} steps={args.steps} repeats={args.repeats}")
+  print("| prefetch | ms/step (median) | vs prefetch=" + str(depths[0]) + " |\n|---|---|---|")
+  for d in depths:
+    m = statistics.median(times[d])
+    print(f"| {d} | {m * 1e3:.2f} | {base / m:.3f}x |")
+  return 0
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--config", default="configs/mnist5k_classify.py")
   p.add_argument("--steps", type=int, default=100)
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--prefetch", default="",
+                 help="comma-separated prefetch depths to compare (e.g. 0,2)")
+  p.add_argument("--set", action="append", default=[],
+                 help="field=value config override (repeatable)")
   args = p.parse_args(argv)
   from research import config_lib
   config = config_lib.load(args.config)
+  config = config_lib.apply_overrides(config, dict(s.split("=", 1) for s in args.set))
+  if args.prefetch:
+    return compare_prefetch(config, args, [int(v) for v in args.prefetch.split(",")])
   minimal, ours = [], []
   for r in range(args.repeats):
     minimal.append(minimal_loop_step_time(config, args.steps))

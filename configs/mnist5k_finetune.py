@@ -74,6 +74,7 @@ def get_config(arg: str = ""):
   c.progress = True
   c.distributed = False
   c.profile_steps = ""
+  c.prefetch = 2
 
   if "linear_probe" in args:
     c.optimizer.frozen = (r"(?!head/).*",)

@@ -74,7 +74,8 @@ def set_trainer_fields(c: ml_collections.ConfigDict, *, batch_size: int, eval_ba
   c.update(dict(batch_size=batch_size, eval_batch_size=eval_batch_size, num_steps=num_steps,
                 log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
                 keep_checkpoints=keep_checkpoints, best_metric=best_metric, **extra,
-                parallel="pmap", progress=True, distributed=False, profile_steps=""))
+                parallel="pmap", progress=True, distributed=False, profile_steps="",
+                prefetch=2))
   return c
 
 

@@ -24,6 +24,8 @@ local batch and collectives span all processes.
 """
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Any, Callable
 
 import jax
@@ -186,3 +188,74 @@ class DataParallel:
   def to_host(self, tree: Any) -> Any:
     """Fetches a (replicated) output to host numpy."""
     return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+class Prefetcher:
+  """Iterates `put(shard(next(iterator)))` with the next `size` batches placed ahead.
+
+  A background thread reads, shards and places the next batches on the
+  devices while the current step runs (what `flax.jax_utils.prefetch_to_device`
+  did). Resume stays exact: `get_state()` is the iterator's state after the
+  last batch *consumed* (returned by `next`), not after the last one prefetched.
+  The thread's exceptions are raised by `next`. `size=0` prefetches nothing
+  (the same batches, read in the caller's thread).
+  """
+
+  def __init__(self, iterator, put: Callable[[Any], Any], size: int = 2):
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+      raise ValueError(f"prefetch={size!r}: must be an integer >= 0 (0 = off)")
+    self._it, self._put, self._size = iterator, put, size
+    self._state = iterator.get_state()
+    self._queue = None
+    self._stop = threading.Event()
+    if size:
+      self._queue = queue.Queue(maxsize=size)
+      self._thread = threading.Thread(target=self._fill, daemon=True, name="prefetch")
+      self._thread.start()
+
+  def _read(self):
+    batch = self._put(shard(next(self._it)))
+    return batch, self._it.get_state()
+
+  def _fill(self):
+    try:
+      while not self._stop.is_set():
+        item = self._read()
+        while not self._stop.is_set():
+          try:
+            self._queue.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised by __next__
+      self._queue.put(("error", e))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._queue is None:
+      batch, self._state = self._read()
+      return batch
+    item = self._queue.get()
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+      self.close()
+      raise item[1]
+    batch, self._state = item
+    return batch
+
+  def get_state(self):
+    """The wrapped iterator's state after the last batch returned by `next`."""
+    return self._state
+
+  def close(self):
+    """Stops the thread (batches already read ahead are dropped)."""
+    self._stop.set()
+    if self._queue is not None:
+      while True:  # unblock a put() waiting on a full queue
+        try:
+          self._queue.get_nowait()
+        except queue.Empty:
+          break
+      self._thread.join(timeout=10)
+

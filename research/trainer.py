@@ -486,10 +486,11 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
   from research.transfer import fewshot_eval  # pylint: disable=g-import-not-at-top
   fewshot = fewshot_eval.for_run(config, task)  # None without a config.fewshot block
   profile = profiling.Window(config.get("profile_steps", ""), os.path.join(workdir, "profile"))
+  batches = parallel.Prefetcher(train_iter, dp.put_batch, config.get("prefetch", 2))
   try:
     while step < num_steps:
       profile.step_begins(step)
-      batch = dp.put_batch(parallel.shard(next(train_iter)))
+      batch = next(batches)
       state, metrics = dp.train_step(state, batch, train_rng, np.int32(step))
       if not config_written:  # the run has started: the config is valid
         jax.block_until_ready(metrics)
@@ -519,7 +520,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
         writer.write(step, "fewshot", fewshot(state))
       if boundary_ckpt:
         best = config.get("best_metric", "")
-        save_checkpoint(mngr, step, state, train_iter.get_state(),
+        save_checkpoint(mngr, step, state, batches.get_state(),
                         metrics={best: eval_metrics[best]} if (best and eval_metrics) else None)
       if stopping:
         mngr.wait_until_finished()
@@ -533,6 +534,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
     if not config_written:
       write_config(config, workdir)
   finally:
+    batches.close()
     profile.close()
     progress.close()
     mngr.wait_until_finished()

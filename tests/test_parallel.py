@@ -96,3 +96,40 @@ def test_eval_sums_equal_for_any_eval_batch_and_device_count(eval_batch):
   assert int(np.sum(sums[0]["confusion"])) == len(arrays["label"]) == 1000
   np.testing.assert_array_equal(sums[0]["confusion"], sums[1]["confusion"])
   np.testing.assert_allclose(sums[0]["loss_sum"], sums[1]["loss_sum"], rtol=1e-5)
+
+
+class _Counter:
+  """An iterator of batches {'x': [8] filled with i} with get_state/set_state, like data's."""
+
+  def __init__(self, fail_at=None):
+    self.position, self.fail_at = 0, fail_at
+
+  def __next__(self):
+    if self.position == self.fail_at:
+      raise RuntimeError(f"bad batch {self.position}")
+    self.position += 1
+    return {"x": np.full((8,), self.position - 1, np.float32)}
+
+  def get_state(self):
+    return {"position": self.position}
+
+
+@pytest.mark.parametrize("size", [0, 1, 3])
+def test_prefetcher_gives_the_same_batches_and_the_state_of_the_last_consumed(size):
+  it = parallel.Prefetcher(_Counter(), lambda b: b, size)
+  assert it.get_state() == {"position": 0}
+  for i in range(5):
+    batch = next(it)
+    assert batch["x"].shape == (jax.local_device_count(), 8 // jax.local_device_count())
+    assert float(batch["x"].min()) == float(batch["x"].max()) == i
+    assert it.get_state() == {"position": i + 1}  # not the prefetched position
+  it.close()
+
+
+def test_prefetcher_raises_the_readers_error_and_refuses_a_bad_size():
+  it = parallel.Prefetcher(_Counter(fail_at=2), lambda b: b, 2)
+  next(it), next(it)
+  with pytest.raises(RuntimeError, match="bad batch 2"):
+    next(it)
+  with pytest.raises(ValueError, match="prefetch=-1"):
+    parallel.Prefetcher(_Counter(), lambda b: b, -1)
