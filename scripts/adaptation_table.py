@@ -85,8 +85,9 @@ def markdown(rows: list[dict]) -> str:
            "| gain over source-only | gap closed | target acc. per seed |",
            "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['pair']} | {r['method']} | {r['n']} | {r['target_accuracy_mean']:.3f} ± "
-                 f"{r['target_accuracy_std']:.3f} | {r['source_accuracy_mean']:.3f} | "
+    std = r["target_accuracy_std"]
+    lines.append(f"| {r['pair']} | {r['method']} | {r['n']} | {r['target_accuracy_mean']:.3f}"
+                 f"{'' if np.isnan(std) else f' ± {std:.3f}'} | {r['source_accuracy_mean']:.3f} | "
                  f"{r['target_val_accuracy_mean']:.3f} | {r['gain_over_source_only']:+.3f} | "
                  f"{_fmt(r['gap_closed'])} | {r['target_accuracy_per_seed']} |")
   return "\n".join(lines) + "\n"
