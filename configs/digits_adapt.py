@@ -14,14 +14,15 @@ labels: a UCI digit is a size-normalised bitmap counted in 4x4 blocks into an 8x
 grid of values 0..16, an MNIST digit sits in a 20x20 box of a 28x28 frame).
 Framing fields exist on both blocks (data.frame..., target.frame...).
 
-  python scripts/train.py --config configs/digits_adapt.py:mnistm --workdir runs/adapt/dann \
+  python scripts/train.py --config configs/digits_adapt.py:mnistm,paper --workdir runs/adapt/dann \
       --config.adapt.method=dann
   python scripts/train.py --config configs/digits_adapt.py:uci,quick --workdir runs/adapt/q
 
-The experiment, one sweep per pair (get_sweep: 8 methods x 3 seeds):
+The experiment, one sweep per pair (get_sweep: 8 methods x 3 seeds; mnistm5k with the
+paper network, as in research/transfer/ADAPTATION.md):
 
-  python scripts/sweep.py --config configs/digits_adapt.py:mnistm --root runs/adapt_mnistm \
-      --parallel 1
+  python scripts/sweep.py --config configs/digits_adapt.py:mnistm,paper \
+      --root runs/adapt_mnistm_paper --parallel 1
   python scripts/sweep.py --config configs/digits_adapt.py:uci --root runs/adapt_uci
   # or any grid:
   python scripts/sweep.py --config configs/digits_adapt.py:uci --root runs/adapt \
