@@ -226,3 +226,28 @@ def test_sweep_complete_and_completion_report_scripts_on_real_runs(tmp_path):
   by_seed = {(r["_arm"], r["seed"]): float(r["accuracy"]) for r in runs}
   diff = np.array([by_seed[("vae@0.5", s)] - by_seed[("base", s)] for s in ("0", "1")])
   assert f"{diff.mean():.4f}" in paired.replace("−", "-")
+
+
+def test_sweep_and_adaptation_table_scripts_on_real_adaptation_runs(tmp_path):
+  """Three really trained (tiny) runs of the uci adaptation pair, tabulated: gap closed is 0 for
+  source-only and 1 for the oracle by definition, and DANN's is computed from the table's means."""
+  root = tmp_path / "adapt"
+  _script("sweep.py", "--config", os.path.join(CONFIGS, "digits_adapt.py:uci,quick"),
+          "--root", root, "--grid", "adapt.method=source_only,dann,oracle", "--grid", "seed=0",
+          "--set", "num_steps=3", "--set", "eval_every=3", "--set", "checkpoint_every=3",
+          "--metrics", "accuracy,source_accuracy")
+  out = tmp_path / "table"
+  _script("adaptation_table.py", "--out", out, "--sweep", f"mnist5k->uci_digits={root}")
+  with open(out / "results.csv") as f:
+    rows = {r["method"]: r for r in csv.DictReader(f)}
+  assert set(rows) == {"source_only", "dann", "oracle"}
+  acc = {m: float(r["target_accuracy_mean"]) for m, r in rows.items()}
+  for m, r in rows.items():
+    res = json.load(open(next(root.glob(f"*method={m.replace('_', '-')},*/results.json"))))
+    assert float(r["target_accuracy_mean"]) == pytest.approx(res["accuracy"])
+  if acc["oracle"] > acc["source_only"]:
+    expected = (acc["dann"] - acc["source_only"]) / (acc["oracle"] - acc["source_only"])
+    assert float(rows["dann"]["gap_closed"]) == pytest.approx(expected, abs=1e-6)
+  else:  # 3 steps: the oracle may not beat source-only, and no gap is defined
+    assert np.isnan(float(rows["dann"]["gap_closed"]))
+  assert (out / "results.md").exists() and (out / "target_accuracy.png").exists()
