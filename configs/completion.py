@@ -40,7 +40,7 @@ probe or finetune; short budgets: a few minutes on a 2-core CPU), full (k = 10, 
 cVAE 2000 steps, SNGAN 1000 steps at width 16: about 75 minutes on a 2-core
 CPU without probe and finetune; on the shared 2-core CPU at load average ~10
 the 9 probe runs took 29 minutes, the first extracting and caching the
-features, and one finetune run ~10 minutes). The seed picks the k-shot
+features, and the 9 finetune runs 45 minutes). The seed picks the k-shot
 subset, its validation split and the training randomness.
 
 New arms can be run alone and merged into an earlier sweep's table:
