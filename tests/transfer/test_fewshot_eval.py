@@ -1,5 +1,5 @@
 """Few-shot evaluation during training: the logged k-shot accuracies equal a
-numpy ridge probe (closed form, standardised features) on features of the
+numpy ridge probe (closed form, centred features over one scale) on features of the
 saved checkpoint computed with model.apply."""
 import json
 
@@ -14,8 +14,9 @@ from research.transfer import fewshot_eval
 
 
 def _numpy_ridge_accuracy(x, y, x_test, y_test, l2, num_classes=10):
-  mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
-  z, zt = (x - mean) / std, (x_test - mean) / std
+  mean = x.mean(0)
+  scale = np.sqrt(np.mean((x - mean) ** 2))  # one scale for all features (probes.fit_probe)
+  z, zt = (x - mean) / scale, (x_test - mean) / scale
   t = np.eye(num_classes)[y]
   zc, tc = z - z.mean(0), t - t.mean(0)
   w = zc.T @ np.linalg.solve(zc @ zc.T + l2 * np.eye(len(z)), tc)  # dual form, N < D
