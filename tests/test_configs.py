@@ -21,7 +21,7 @@ _ONE_STEP = {"num_steps": 1, "eval_every": 1, "checkpoint_every": 1, "log_every"
 # Every other config trains a step in the default suite; tests/test_scripts.py also trains the
 # quick VAE and GAN configs end to end.
 _SLOW_TO_COMPILE = {"mnist5k_cgan", "mnist5k_finetune", "mnist5k_distill", "mnist5k_cvae",
-                    "mnist5k_dcgan"}
+                    "mnist5k_dcgan", "mnist5k_vae", "mnist5k_prune", "completion"}
 
 
 def _declared_variants(path):

@@ -138,6 +138,7 @@ def test_sample_script_refuses_a_classifier_run(classify_run):
   assert proc.returncode == 2 and "expected a generative task ('gan' or 'vae')" in proc.stderr
 
 
+@pytest.mark.slow  # minutes on 2 CPU cores: run with -m slow
 def test_generative_eval_script_from_another_directory(vae_run, classify_run, tmp_path):
   """CAS, FD/KID, label agreement and IWAE NLL, with paths relative to the caller's cwd."""
   out = tmp_path / "eval"
@@ -199,6 +200,7 @@ def sweep_options(arg=""):
 '''
 
 
+@pytest.mark.slow  # minutes on 2 CPU cores: run with -m slow
 def test_sweep_complete_and_completion_report_scripts_on_real_runs(tmp_path):
   """scripts/sweep.py trains the generators (scripts/complete.py) and classifiers of a cut-down
   completion sweep; scripts/completion_report.py then reads the real runs.csv."""
@@ -228,6 +230,7 @@ def test_sweep_complete_and_completion_report_scripts_on_real_runs(tmp_path):
   assert f"{diff.mean():.4f}" in paired.replace("−", "-")
 
 
+@pytest.mark.slow  # minutes on 2 CPU cores: run with -m slow
 def test_sweep_and_adaptation_table_scripts_on_real_adaptation_runs(tmp_path):
   """Three really trained (tiny) runs of the uci adaptation pair, tabulated: gap closed is 0 for
   source-only and 1 for the oracle by definition, and DANN's is computed from the table's means."""

@@ -98,6 +98,7 @@ def test_folder_errors_name_the_problem(tmp_path):
     data.load(f"folder:{tmp_path}/root", "train", str(tmp_path / "c"))
 
 
+@pytest.mark.slow  # a training run through the trainer: -m slow
 def test_quick_classify_config_trains_on_a_folder_dataset(mnist_folder, tmp_path):
   """One override turns a config to the user's folder (issue: 'the completion sweep runs on a
   folder dataset with one override' is the same field)."""
