@@ -1,6 +1,7 @@
 """Reliability of the trainer: checkpoints verified on restore, data states validated,
 config errors caught before config.json is written, clean command-line errors."""
 import glob
+import json
 import os
 import shutil
 
@@ -297,3 +298,19 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
     trainer.save_checkpoint(mngr, 7, state, {"position": 0})
   mngr.close()
   assert mngr.all_steps() == []
+
+
+def test_an_array_that_decodes_but_differs_from_its_checksum_is_refused(
+    finished_run, tiny_config, tmp_path, capsys):
+  """The silent case, deterministically: a stored array whose bytes no longer match the sha256
+  saved with it (here the recorded hash of one array is altered instead of the array)."""
+  run = _copy(finished_run, tmp_path)
+  path = run / "checkpoints" / "4" / "checksums" / "metadata"
+  sums = json.loads(path.read_text())
+  key = sorted(k for k in sums if "kernel" in k)[0]
+  sums[key] = "0" * 64
+  path.write_text(json.dumps(sums))
+  out = trainer.train_and_evaluate(tiny_config(**_SHORT), str(run))
+  printed = capsys.readouterr().out
+  assert "checkpoint at step 4" in printed and "sha256 mismatch" in printed, printed
+  assert "from step 2" in printed and out["step"] == 4
