@@ -139,12 +139,13 @@ def test_override_flags_round_trip_through_config_lib():
     assert node == v, k
 
 
+def _sweep_script():
+  """scripts/sweep.py as a module (its main() is called in-process)."""
+  return config_lib.load_module(os.path.join(REPO, "scripts", "sweep.py"), "_sweep_script")
+
+
 def test_unknown_field_fails_before_launching(tmp_path, capsys):
-  sys.path.insert(0, os.path.join(REPO, "scripts"))
-  try:
-    import sweep as sweep_script  # scripts/sweep.py
-  finally:
-    sys.path.pop(0)
+  sweep_script = _sweep_script()
   root = tmp_path / "root"
   rc = sweep_script.main(["--config", os.path.join(REPO, "configs", "mnist5k_classify.py"),
                           "--root", str(root), "--grid", "data.few_shot_kk=10,50"])
@@ -157,11 +158,7 @@ def test_unknown_field_fails_before_launching(tmp_path, capsys):
 def test_set_adds_one_override_to_every_run_and_reaches_the_generators(tmp_path, capsys):
   """--set data.name=folder:DIR: every run (and, in the completion sweep, the generator each
   run needs) uses the user's dataset."""
-  sys.path.insert(0, os.path.join(REPO, "scripts"))
-  try:
-    import sweep as sweep_script  # scripts/sweep.py
-  finally:
-    sys.path.pop(0)
+  sweep_script = _sweep_script()
   root = tmp_path / "root"
   rc = sweep_script.main(["--config", os.path.join(REPO, "configs", "completion.py:quick"),
                           "--root", str(root), "--set", "data.name=folder:/data/mine",
