@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from research.data import frame
+from research.data import sources as _sources
 from research.data.pipeline import (ArrayIterator, MixIterator, ZipIterator,  # noqa: F401
                                     eval_batches as eval_batches_from_arrays,
                                     few_shot, few_shot_indices, split_holdout,
@@ -44,6 +45,21 @@ def load_split(cfg, split: str) -> dict:
   if framed:  # on the images as stored, then resized to image_size
     arrays["image"] = frame.frame_and_resize(arrays["image"], cfg)
   return arrays
+
+
+def class_names(cfg, num_classes: int = 0) -> list[str]:
+  """Display names of the classes of the dataset a data config names, index = label.
+
+  Folder datasets: their class folder names; named TFDS datasets: their label
+  names; otherwise (or when there are fewer names than `num_classes`) the
+  label numbers as strings.
+  """
+  names_ = _sources.class_names(cfg.name, cfg.get("data_dir") or None,
+                                cfg.get("image_size", 0), cfg.get("folder_channels", 3),
+                                cfg.get("folder_resize", "crop"))
+  if len(names_) < num_classes:
+    names_ = names_ + [str(i) for i in range(len(names_), num_classes)]
+  return names_
 
 
 def _check_few_shot(labels: np.ndarray, k, val) -> None:

@@ -127,6 +127,28 @@ def load(name: str, split: str, data_dir: str | None = None,
   return arrays
 
 
+def class_names(name: str, data_dir: str | None = None, image_size: int = 0,
+                folder_channels: int = 3, folder_resize: str = "crop") -> list[str]:
+  """Display names of dataset `name`'s classes, index = label.
+
+  A folder dataset: its class folder names (saved with the dataset). The digit
+  datasets built offline: '0'..'9'. A named TFDS dataset: its ClassLabel names
+  (from the prepared dataset's metadata, never downloaded); a dataset whose
+  label has no names gets [] and callers fall back to the label numbers.
+  """
+  data_dir = data_dir or DEFAULT_DATA_DIR
+  if folder.is_folder(name):
+    return folder.class_names(name, data_dir, image_size, folder_channels, folder_resize)
+  if name in builders.OFFLINE_BUILDERS:
+    return [str(d) for d in range(10)]
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    label = tfds.builder(name, data_dir=data_dir).info.features["label"]
+  except Exception:  # pylint: disable=broad-except  (unknown or unprepared: no names)
+    return []
+  return list(getattr(label, "names", None) or [])
+
+
 def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
   """Bilinear resize of uint8 [N, H, W, C] to [N, size, size, C] (PIL, antialiased)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top

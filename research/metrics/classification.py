@@ -44,3 +44,24 @@ def precision_recall_f1(confusion: np.ndarray) -> dict[str, float]:
       "recall": float(recall[present].mean()) if present.any() else 0.0,
       "f1": float(f1[present].mean()) if present.any() else 0.0,
   }
+
+
+def per_class(confusion: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
+  """Precision, recall, F1 and support of each class of a [C, C] confusion matrix
+  (rows: true class, columns: predicted), keyed by the class's name.
+
+  `names[c]` names class c (research.data.class_names); a class never predicted
+  has precision 0, a class absent from the labels recall 0 and support 0.
+  """
+  c = np.asarray(confusion, np.float64)
+  if len(names) < c.shape[0]:
+    raise ValueError(f"per_class: {len(names)} names for {c.shape[0]} classes")
+  tp, predicted, actual = np.diag(c), c.sum(0), c.sum(1)
+  out = {}
+  for i in range(c.shape[0]):
+    p = tp[i] / predicted[i] if predicted[i] else 0.0
+    r = tp[i] / actual[i] if actual[i] else 0.0
+    out[names[i]] = {"precision": float(p), "recall": float(r),
+                     "f1": float(2 * p * r / (p + r)) if p + r else 0.0,
+                     "support": int(actual[i])}
+  return out

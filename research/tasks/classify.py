@@ -227,4 +227,10 @@ class ClassifyTask(base.Task):
     out = metrics.precision_recall_f1(sums["confusion"])
     out["loss"] = float(sums["loss_sum"]) / max(float(sums["count"]), 1.0)
     out["confusion"] = np.asarray(sums["confusion"]).astype(int).tolist()
+    out["per_class"] = metrics.per_class(sums["confusion"], self.class_names())
     return out
+
+  def class_names(self) -> list[str]:
+    """Display names of the classes, index = label (research.data.class_names)."""
+    from research import data  # pylint: disable=g-import-not-at-top
+    return data.class_names(self.config.data, self.num_classes)

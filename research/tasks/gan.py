@@ -216,7 +216,8 @@ class GANTask(base.Task, generation.Generative):
     labels = jnp.repeat(jnp.arange(10) % self.num_classes, 10)
     images = jax.jit(self.sample)(state, z, labels)
     save_image_grid(np.asarray(images),
-                    os.path.join(workdir, "samples", f"step_{step:07d}.png"), 10)
+                    os.path.join(workdir, "samples", f"step_{step:07d}.png"), 10,
+                    row_labels=self.row_labels(np.arange(10) % self.num_classes))
 
   # ---- per device ----
   def _d_update(self, state, real, y_real, keys):

@@ -25,7 +25,17 @@ class Generative:
 
   latent_dim: int
   num_classes: int
+  conditional: bool = False
   can_reconstruct: bool = False
+
+  def row_labels(self, rows) -> list[str] | None:
+    """Names of the classes int [R] that the rows of a sample grid show (class
+    folder names for a folder dataset, research.data.class_names), or None for
+    an unconditional model, whose rows are not classes."""
+    if not self.conditional:
+      return None
+    names = data.class_names(self.config.data, self.num_classes)
+    return [names[int(r)] for r in rows]
 
   def images_from_latents(self, state, z, labels):
     """Images for latents z [N, latent_dim] and class labels int [N] (eval mode)."""
@@ -84,7 +94,7 @@ def save_pictures(task: Generative, state, out: str, seed: int = 0) -> list[str]
   """Writes the pictures a person looks at first; returns their paths.
 
   grid.png: 10 x 10 samples (a conditional model: class r % num_classes in
-  row r); interpolation.png: 10 rows, each linear in z between two draws
+  row r, its name on the left); interpolation.png: 10 rows, each linear in z between two draws
   over 10 steps; reconstruction.png (if the task can reconstruct): the first
   50 images of the eval split and their reconstructions, alternating rows.
   """
@@ -92,12 +102,14 @@ def save_pictures(task: Generative, state, out: str, seed: int = 0) -> list[str]
   k_grid, k_a, k_b, _ = jax.random.split(jax.random.PRNGKey(seed), 4)
   latent = task.latent_dim
   rows = jnp.repeat(jnp.arange(10) % task.num_classes, 10)
+  names = task.row_labels(np.arange(10) % task.num_classes)
   paths = [save_image_grid(np.asarray(generate(jax.random.normal(k_grid, (100, latent)), rows)),
-                           os.path.join(out, "grid.png"), 10)]
+                           os.path.join(out, "grid.png"), 10, row_labels=names)]
   t = jnp.linspace(0.0, 1.0, 10)[None, :, None]
   za, zb = jax.random.normal(k_a, (10, 1, latent)), jax.random.normal(k_b, (10, 1, latent))
   interp = generate(((1 - t) * za + t * zb).reshape(100, latent), rows)
-  paths.append(save_image_grid(np.asarray(interp), os.path.join(out, "interpolation.png"), 10))
+  paths.append(save_image_grid(np.asarray(interp), os.path.join(out, "interpolation.png"), 10,
+                               row_labels=names))
   if task.can_reconstruct:
     cfg = task.config.data
     test = data.load(cfg.name, cfg.get("eval_split", "test"), cfg.get("data_dir") or None,

@@ -153,7 +153,8 @@ class VAETask(base.Task, generation.Generative):
     labels = jnp.repeat(jnp.arange(10) % self.num_classes, 10)
     images = jax.jit(self.decode_mean)(params, z, labels)
     save_image_grid(np.asarray(images),
-                    os.path.join(workdir, "samples", f"step_{step:07d}.png"), 10)
+                    os.path.join(workdir, "samples", f"step_{step:07d}.png"), 10,
+                    row_labels=self.row_labels(np.arange(10) % self.num_classes))
 
   # ---- per device ----
   def train_step(self, state, batch, rng):
