@@ -104,3 +104,80 @@ def cpu_model() -> str:
   except (OSError, subprocess.SubprocessError):
     pass
   return platform.processor() or "unknown CPU"
+
+
+# --------------------------------------------------------------------------
+# The machine's limit: float32 matmul peak, and each step's share of it.
+
+
+def compiled_flops(fn: Callable, *args: Any) -> float:
+  """Floating-point operations of one call of `fn(*args)`, from XLA's cost analysis.
+
+  `fn` is jitted (a jitted function is used as is), lowered for `args` and compiled;
+  the 'flops' entry of the compiled program's cost analysis is returned. XLA counts a
+  multiply-add as 2 flops (an [M, K] @ [K, N] matmul is 2 * M * N * K) and elementwise
+  ops as 1 per element; a gradient step's count includes its backward pass.
+  Raises ValueError when the backend reports no flop count.
+  """
+  import jax  # local: timing is also used by programs that only time PyTorch
+
+  jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+  cost = jitted.lower(*args).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per device program
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    raise ValueError(f"timing.compiled_flops: the backend's cost analysis has no 'flops' "
+                     f"entry, got {sorted(cost or {})}")
+  return float(cost["flops"])
+
+
+def matmul_peak_gflops(sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int = 5,
+                       budget_s: float = 3.0) -> dict[str, Any]:
+  """This machine's float32 matmul rate through JAX (GFLOP/s): best median over sizes.
+
+  For each n in `sizes`, an [n, n] @ [n, n] float32 `jnp.dot` (2 n^3 flops) is timed
+  (median of `repeats` calls after one untimed call; fewer calls for a size whose first
+  call exceeds budget_s / repeats). The best median rate is the practical peak that
+  the model steps are compared with (`achieved_fraction`); it is a measured rate on the
+  current load, not the CPU's datasheet figure.
+
+  Returns:
+    {'gflops': best GFLOP/s, 'size': the n that gave it, 'per_size': {n: GFLOP/s}}.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  if not sizes or any((not isinstance(n, int)) or n < 1 for n in sizes):
+    raise ValueError(f"timing.matmul_peak_gflops: sizes must be positive ints, got {sizes!r}")
+  dot = jax.jit(jnp.dot)
+  per_size = {}
+  for n in sizes:
+    key_a, key_b = jax.random.split(jax.random.key(n))
+    a = jax.random.normal(key_a, (n, n), jnp.float32)
+    b = jax.random.normal(key_b, (n, n), jnp.float32)
+    t = interleaved({"dot": lambda r, a=a, b=b: dot(a, b)}, repeats, warmup=1,
+                    budget_s=budget_s)["dot"]
+    per_size[n] = 2.0 * n ** 3 / t.median / 1e9
+  best = max(per_size, key=per_size.get)
+  return {"gflops": per_size[best], "size": best, "per_size": per_size}
+
+
+def achieved_fraction(flops: float, seconds: float, peak_gflops: float) -> dict[str, float]:
+  """A step's achieved rate and its share of the machine's peak.
+
+  Args:
+    flops: operations of one step (`compiled_flops`), >= 0.
+    seconds: the step's median wall time, > 0.
+    peak_gflops: the machine's peak (`matmul_peak_gflops()['gflops']`), > 0.
+  Returns:
+    {'gflops': flops / seconds / 1e9, 'fraction': that / peak_gflops} (fraction in
+    [0, 1] unless the step beats the measured matmul rate).
+  """
+  if flops < 0:
+    raise ValueError(f"timing.achieved_fraction: flops must be >= 0, got {flops}")
+  if seconds <= 0:
+    raise ValueError(f"timing.achieved_fraction: seconds must be > 0, got {seconds}")
+  if peak_gflops <= 0:
+    raise ValueError(f"timing.achieved_fraction: peak_gflops must be > 0, got {peak_gflops}")
+  gflops = flops / seconds / 1e9
+  return {"gflops": gflops, "fraction": gflops / peak_gflops}
