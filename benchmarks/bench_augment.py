@@ -7,7 +7,14 @@ out; the conversion is timed. Reports images/s after compilation (median of
 repeats), every peer in the same run, and ratios to research.augment.
 
   python benchmarks/bench_augment.py [--repeats 5] [--shapes 256x32,64x224]
-      [--grid peers.png]
+      [--grid peers.png] [--out research/docs/augment/bench.json] [--append]
+
+The table is also written as JSON to --out (default
+research/docs/augment/bench.json; '' skips it): per run the CPU model, date,
+command and jax version, and per shape and peer the img/s, repeats and
+research.augment's speed-up over that peer. --append adds the run to the
+runs already in the file (e.g. three interleaved runs) instead of replacing
+them.
 
 Peers are timed in rounds (one call of each per round, the order rotating),
 so load that changes during the run falls on all of them alike.
@@ -17,6 +24,10 @@ Peers that are not installed (or fail to import) are skipped and listed.
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +140,28 @@ PEERS = [
 
 
 block = timing.block
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'research', 'docs', 'augment', 'bench.json')
+
+
+def write_json(path, rows, append):
+  """Writes (or with `append` adds) this run's rows to `path` as JSON."""
+  run = {'cpu': timing.cpu_model(), 'date': str(datetime.date.today()),
+         'jax': jax.__version__,
+         'command': 'python benchmarks/bench_augment.py ' + ' '.join(
+             sys.argv[1:]),
+         'rows': [{'shape': shape, 'library': name, 'random_params': params,
+                   'img_per_s': round(ips, 1), 'repeats': reps,
+                   'research_augment_speedup': round(ratio, 3)}
+                  for shape, name, params, ips, reps, ratio in rows]}
+  runs = []
+  if append and os.path.exists(path):
+    with open(path) as f:
+      runs = json.load(f)['runs']
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump({'runs': runs + [run]}, f, indent=1)
+  print(f'wrote {path} ({len(runs) + 1} run(s))')
 
 
 def time_peer(fn, x, repeats, budget_s):
@@ -221,6 +254,10 @@ def main():
   p.add_argument('--grid', default='',
                  help='also write a PNG with each peer\'s output on a real '
                       'photo (one row per peer) to this path')
+  p.add_argument('--out', default=DEFAULT_OUT,
+                 help="write the table as JSON here ('' to skip)")
+  p.add_argument('--append', action='store_true',
+                 help='add this run to the runs already in --out')
   args = p.parse_args()
   rng = np.random.default_rng(0)
   if args.grid:
@@ -259,6 +296,8 @@ def main():
   for shape, name, params, ips, reps, ratio in rows:
     print(f'| {shape} | {name} | {params} | {ips:,.0f} | {reps} | '
           f'{ratio:.2f}x |')
+  if args.out:
+    write_json(args.out, rows, args.append)
 
 
 if __name__ == '__main__':
