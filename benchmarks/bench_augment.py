@@ -148,6 +148,7 @@ def write_json(path, rows, append):
   """Writes (or with `append` adds) this run's rows to `path` as JSON."""
   run = {'cpu': timing.cpu_model(), 'date': str(datetime.date.today()),
          'jax': jax.__version__,
+         'load_average_1min': round(os.getloadavg()[0], 2),
          'command': 'python benchmarks/bench_augment.py ' + ' '.join(
              sys.argv[1:]),
          'rows': [{'shape': shape, 'library': name, 'random_params': params,
@@ -263,7 +264,8 @@ def main():
   if args.grid:
     write_grid(args.grid, [(n, m) for n, m, _ in PEERS],
                int(args.shapes.split(',')[-1].split('x')[1]))
-  print(f'CPU: {timing.cpu_model()}; jax {jax.__version__}, devices {jax.devices()}')
+  print(f'CPU: {timing.cpu_model()}; jax {jax.__version__}, devices '
+        f'{jax.devices()}, load average {os.getloadavg()[0]:.2f}')
   if args.policies:
     return bench_policies(args, rng)
   rows = []
