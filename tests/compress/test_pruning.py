@@ -8,7 +8,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from research.compress import pruning
+from research.compress import pruning, sparsity
 
 
 def _params(seed=0):
@@ -131,7 +131,7 @@ def test_polynomial_schedule_matches_zhu_gupta():
     else:
       last = min(t0 + (t - t0) // freq * freq, t1)
       want = sf * (1 - (1 - (last - t0) / (t1 - t0)) ** 3)
-    got = float(pruning.polynomial_sparsity(t, sf, t0, t1, freq))
+    got = float(sparsity.polynomial_sparsity(t, sf, t0, t1, freq))
     assert got == pytest.approx(want, abs=1e-6), t
 
 
