@@ -1,4 +1,6 @@
-"""benchmarks/bench_vae_torch.py's PyTorch VAE is our VAE: same layers, init, loss, schedule."""
+"""The PyTorch reference VAE (tests/reference/torch_vae.py, what
+benchmarks/bench_vae_torch.py trains beside ours) is our VAE: same layers, init,
+loss, schedule."""
 import math
 import os
 
@@ -19,6 +21,8 @@ REPO = os.path.join(os.path.dirname(__file__), "..")
 
 bench = config_lib.load_module(os.path.join(REPO, "benchmarks", "bench_vae_torch.py"),
                                "_bench_vae_torch")
+reference = config_lib.load_module(os.path.join(REPO, "tests", "reference", "torch_vae.py"),
+                                   "_torch_vae_reference")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,10 +67,10 @@ def _with_random_biases(params):
 
 def _peer(m, params=None):
   """The PyTorch VAE for model config `m`, with our `params` copied in when given."""
-  peer = bench.make_torch_vae((m.image_size, m.image_size, m.channels), m.latent_dim,
+  peer = reference.make_torch_vae((m.image_size, m.image_size, m.channels), m.latent_dim,
                               m.width, m.hidden)
   if params is not None:
-    bench.load_flax_params(peer, params)
+    reference.load_flax_params(peer, params)
   return peer
 
 
@@ -92,7 +96,7 @@ def test_torch_model_computes_ours_with_our_params(setup, biases):
     assert float(np.std(out)) > 0.02
   # The layout-sensitive parts (flatten order, transposed-conv flip) matter:
   # unflipped transposed-conv kernels give different logits.
-  state = bench.flax_to_torch_state_dict(params)
+  state = reference.flax_to_torch_state_dict(params)
   state["dec_deconv2.weight"] = state["dec_deconv2.weight"][:, :, ::-1, ::-1].copy()
   peer.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
   with torch.no_grad():
@@ -111,7 +115,7 @@ def test_torch_bound_terms_match_our_losses(setup):
   ll = elbo_lib.bernoulli_log_likelihood(logits, binary)
   kl = elbo_lib.gaussian_kl(mean, log_var)
   with torch.no_grad():
-    t_ll, t_kl = bench.torch_bound_terms(peer, _nchw(binary), torch.from_numpy(eps))
+    t_ll, t_kl = reference.torch_bound_terms(peer, _nchw(binary), torch.from_numpy(eps))
   np.testing.assert_allclose(t_ll.numpy(), ll, rtol=1e-5, atol=1e-3)
   np.testing.assert_allclose(t_kl.numpy(), kl, rtol=1e-5, atol=1e-4)
 
@@ -122,7 +126,7 @@ def test_torch_init_follows_flax_defaults(setup):
   m = config.model
   torch.manual_seed(0)
   peer = _peer(m)
-  ours = bench.flax_to_torch_state_dict(params)
+  ours = reference.flax_to_torch_state_dict(params)
   theirs = peer.state_dict()
   assert set(ours) == set(theirs)
   for name, value in theirs.items():
@@ -152,8 +156,8 @@ def test_torch_run_follows_our_schedules():
                         rel_tol=1e-5, abs_tol=1e-10), step  # optax: float32
     run.train_step(images)
   assert run.step == num_steps
-  assert [bench.kl_weight(t, 1.0, 5) for t in range(6)] == [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
-  assert bench.kl_weight(3, 0.5, 0) == 0.5
+  assert [reference.kl_weight(t, 1.0, 5) for t in range(6)] == [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+  assert reference.kl_weight(3, 0.5, 0) == 0.5
 
 
 def test_torch_updates_follow_ours_from_the_same_start(setup):
@@ -175,8 +179,8 @@ def test_torch_updates_follow_ours_from_the_same_start(setup):
     t_loss = float(peer.update(_nchw(x), torch.from_numpy(np.array(eps))))
     assert math.isclose(t_loss, loss, rel_tol=1e-5), (step, t_loss, loss)
   got = {k: v.detach().numpy() for k, v in peer.model.state_dict().items()}
-  want = bench.flax_to_torch_state_dict(jax.device_get(ours.state.params))
-  start = bench.flax_to_torch_state_dict(ours.init_params)
+  want = reference.flax_to_torch_state_dict(jax.device_get(ours.state.params))
+  start = reference.flax_to_torch_state_dict(ours.init_params)
   off = 0
   for name in want:
     # Adam divides by sqrt(v): where a gradient is ~1e-8, float noise moves
