@@ -214,7 +214,8 @@ def get_prerequisites(overrides):
                      f"{overrides['data.few_shot_seed']} would use a generator trained on "
                      f"another subset (k={k}, seed={seed})")
   return [dict(name=f"generators/{variant}/{kind}_k{k}_s{seed}",
-               command=[os.path.join(os.path.dirname(_HERE), "scripts", "complete.py"),
+               # research.complete: the entry point scripts/complete.py wraps.
+               command=["-m", "research.complete",
                         "--config", os.path.join(_HERE, GENERATORS[kind]),
                         "--k", str(k), "--seed", str(seed), "--out", "{dir}",
                         "--num_per_class", "500"]

@@ -61,20 +61,9 @@ def get_config(arg: str = ""):
       name="adamw", lr=1e-3, schedule="cosine", warmup_steps=20,
       weight_decay=1e-4, wd_pattern=r".*kernel", grad_clip_norm=0.0,
       frozen=(), lr_mults=(), layer_decay=0.0))
-  c.batch_size = 64
-  c.eval_batch_size = 500
-  c.num_steps = 300
-  c.log_every = 25
-  c.eval_every = 300
-  c.checkpoint_every = 300
-  c.keep_checkpoints = 1
-  c.best_metric = "accuracy"
-  c.best_mode = "max"
-  c.parallel = "pmap"
-  c.progress = True
-  c.distributed = False
-  c.profile_steps = ""
-  c.prefetch = 2
+  config_lib.set_trainer_fields(c, batch_size=64, eval_batch_size=500, num_steps=300,
+                                log_every=25, eval_every=300, checkpoint_every=300,
+                                keep_checkpoints=1, best_metric="accuracy", best_mode="max")
 
   if "linear_probe" in args:
     c.optimizer.frozen = (r"(?!head/).*",)

@@ -1,7 +1,12 @@
 """Data parallelism: the only module that maps a per-device step over devices.
 
-A task writes `train_step(state, batch, rng)` for ONE device, averaging what
-must agree across devices with `lax.pmean(x, AXIS)`. This module runs it:
+A task writes `train_step(state, batch, rng)` for ONE device and uses only
+this module's small API for what involves devices: `mean(tree)` (what must
+agree across devices: gradients, statistics, metrics), `example_keys` /
+`device_key` (randomness by global example or device index),
+`batchnorm_axis_name()` (cross-device BatchNorm). Host side: `is_main()`,
+`restore_sharding()` (where checkpoints are restored), `start_distributed`
+(the one place multi-host runs start). This module runs the step:
 
 * `mode='pmap'` (default): `jax.pmap` over the local devices, axis `AXIS`;
   the state is passed unreplicated (`in_axes=None`) and comes back
@@ -16,11 +21,11 @@ rounding; cross-device BatchNorm) only when the step draws nothing from that
 key: classification-style tasks without dropout, augmentation or mixing. A task
 that needs randomness independent of the device count derives one key per
 example from the global example index instead (the GAN task does; its offset
-is `lax.axis_index(AXIS) * per_device`). Dropout, augmentation, mixing and the
+is the device index times per_device: `example_keys`). Dropout, augmentation, mixing and the
 VAE's sampling use the device key: their runs on different device counts are
 equally valid samples, not equal.
-Multi-host runs call `initialize_distributed` first; each process feeds its
-local batch and collectives span all processes.
+Multi-host runs call `start_distributed` first (the trainer does); each process
+feeds its local batch and collectives span all processes.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import threading
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -50,6 +56,62 @@ def initialize_distributed(coordinator_address: str | None = None,
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id,
                              local_device_ids=local_device_ids)
+
+
+_distributed_started = False
+
+
+def start_distributed(coordinator_address: str | None = None,
+                      num_processes: int | None = None,
+                      process_id: int | None = None) -> None:
+  """The one place a run starts `jax.distributed` (multi-host); a no-op when started.
+
+  With no arguments the cluster is detected from the environment; a process
+  that already sees several processes (started elsewhere) is left alone.
+  """
+  global _distributed_started
+  if _distributed_started:
+    return
+  initialize_distributed(coordinator_address, num_processes, process_id)
+  _distributed_started = True
+
+
+def is_main() -> bool:
+  """Whether this is process 0, the one that writes logs, configs and pictures."""
+  return jax.process_index() == 0
+
+
+def restore_sharding() -> jax.sharding.Sharding:
+  """Where a checkpoint is restored: the first local device, whatever device count
+  it was saved with (the data-parallel engine replicates it afterwards)."""
+  return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+# ---- inside a per-device step (under DataParallel's pmap / shard_map) ----
+def mean(tree: Any) -> Any:
+  """The mean of every leaf across devices: gradients, metrics, statistics."""
+  return lax.pmean(tree, AXIS)
+
+
+def batchnorm_axis_name() -> str:
+  """The axis name a model's BatchNorm averages its batch statistics over
+  (cross-device BatchNorm inside a DataParallel step)."""
+  return AXIS
+
+
+def device_key(key: jax.Array) -> jax.Array:
+  """`key` folded with this device's global index: one key per device."""
+  return jax.random.fold_in(key, lax.axis_index(AXIS))
+
+
+def example_keys(key: jax.Array, n: int) -> jax.Array:
+  """One key per example of this device's batch of `n`: uint32 [n, 2] (or typed keys [n]).
+
+  Example i of device d gets fold_in(key, d * n + i), its global index, so the
+  keys of a global batch do not depend on how many devices share it.
+  """
+  index = lax.axis_index(AXIS) * n + jnp.arange(n)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
 
 
 def check_batch_size(global_batch_size: int) -> int:

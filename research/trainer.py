@@ -9,7 +9,6 @@ everything model-specific lives in the task (research/tasks/base.py).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -23,17 +22,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as ocm
 
-from research import params as params_lib
-from research import parallel, profiling, tasks
+from research import checkpoint, parallel, profiling, reporting, tasks
+from research.checkpoint import NonFiniteLossError
 from research.tasks.base import DataContext
 
 log = logging.getLogger("research.trainer")
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
 
 
 class ConfigMismatchError(ValueError):
@@ -54,6 +48,9 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 # Fields that may change between a run and its resumption without changing what is trained.
 RESUMABLE_FIELDS = ("num_steps", "eval_every", "log_every", "checkpoint_every",
                     "keep_checkpoints", "progress", "parallel")
+# Fields added after runs were saved without them: a saved config that lacks one
+# holds its default (what those runs did).
+ADDED_FIELD_DEFAULTS = {"grad_accum_steps": 1}
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -63,7 +60,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    a, b = _flat(old), _flat(new)
+    a, b = {**ADDED_FIELD_DEFAULTS, **_flat(old)}, _flat(new)
     diff = sorted(k for k in set(a) | set(b)
                   if a.get(k, "<missing>") != b.get(k, "<missing>")
                   and k.split(".")[0] not in RESUMABLE_FIELDS)
@@ -80,7 +77,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes the resolved config to workdir/config.json (process 0)."""
   path = os.path.join(workdir, "config.json")
   new = json.loads(config.to_json_best_effort())
-  if jax.process_index() == 0:
+  if parallel.is_main():
     os.makedirs(workdir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
       json.dump(new, f, indent=2, sort_keys=True)
@@ -93,181 +90,11 @@ def check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> N
   write_config(config, workdir)
 
 
-class MetricWriter:
-  """metrics.jsonl + TensorBoard; writes only on process 0."""
-
-  def __init__(self, workdir: str):
-    self.active = jax.process_index() == 0
-    if not self.active:
-      return
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    try:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    except ImportError:
-      self.tb = None
-
-  def write(self, step: int, split: str, values: dict[str, Any]) -> None:
-    if not self.active:
-      return
-    row = {"step": int(step), "split": split, "time": time.time(), **values}
-    self.jsonl.write(json.dumps(row) + "\n")
-    self.jsonl.flush()
-    if self.tb is not None:
-      for k, v in values.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-          self.tb.add_scalar(f"{split}/{k}", v, step)
-      self.tb.flush()
-
-  def close(self):
-    if self.active:
-      self.jsonl.close()
-      if self.tb is not None:
-        self.tb.close()
-
-
-# ---------------------------------------------------------------- checkpoints
-def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  """Orbax manager: async saves, keeps the last N plus the best by `config.best_metric`."""
-  keep = config.get("keep_checkpoints", 2)
-  policies = [ocm.LatestN(n=keep)]
-  best = config.get("best_metric", "")
-  if best:
-    mode = config.get("best_mode", "max")
-    if mode not in ("max", "min"):
-      raise ValueError(f"best_mode must be 'max' or 'min', got {mode!r}")
-    policies.append(ocm.BestN(get_metric_fn=lambda m: m[best], n=1,
-                              reverse=mode == "min",
-                              keep_checkpoints_without_metrics=False))
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=ocm.AnyPreservationPolicy(policies),
-      enable_async_checkpointing=config.get("async_checkpointing", True),
-      create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=options)
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used: unreadable, altered since it was saved, or non-finite."""
-
-
-def state_checksums(state) -> dict[str, str]:
-  """{leaf path: sha256 of its dtype, shape and bytes} for every array of a host state."""
-  out = {}
-  for name, x in params_lib.flatten(state).items():
-    x = np.ascontiguousarray(np.asarray(x))
-    h = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
-    h.update(x.tobytes())
-    out[name] = h.hexdigest()
-  return out
-
-
-# The checksums item's entry for the data-iterator state (not a valid leaf path).
-DATA_CHECKSUM_KEY = "<data iterator state>"
-
-
-def _json_sha256(value) -> str:
-  return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-                        ).hexdigest()
-
-
-def _nonfinite_leaves(state) -> list[str]:
-  return [name for name, x in params_lib.flatten(state).items()
-          if np.issubdtype(np.asarray(x).dtype, np.inexact) and not np.isfinite(x).all()]
-
-
-def verify_state(state, checksums: dict[str, str] | None) -> None:
-  """Raises CheckpointError if a restored host state is non-finite or differs from `checksums`."""
-  bad = _nonfinite_leaves(state)
-  if bad:
-    raise CheckpointError(f"non-finite values in {len(bad)} array(s), first {bad[0]!r}")
-  if checksums is None:
-    return
-  now = state_checksums(state)
-  differ = sorted(k for k in set(now) | set(checksums) if now.get(k) != checksums.get(k))
-  if differ:
-    raise CheckpointError(f"sha256 mismatch in {len(differ)} array(s), first {differ[0]!r}: "
-                          f"the files changed after they were saved")
-
-
-def save_checkpoint(mngr, step: int, state, data_state: dict, metrics=None) -> None:
-  """Saves the state, the data-iterator state and a sha256 of each (checked on restore).
-
-  Raises NonFiniteLossError (and saves nothing) if the state holds a non-finite value, so
-  every checkpoint on disk is finite.
-  """
-  host = jax.device_get(state)
-  bad = _nonfinite_leaves(host)
-  if bad:
-    raise NonFiniteLossError(f"non-finite values in the state at step {step} ({len(bad)} "
-                             f"array(s), first {bad[0]!r}); not saved. "
-                             f"{_last_checkpoint_note(mngr)}")
-  if jax.process_count() > 1:
-    # pmap outputs are host-local arrays, which orbax cannot write across hosts;
-    # the state is identical on every process, so write its host copy.
-    state = host
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          data=ocp.args.JsonSave(data_state),
-                                          checksums=ocp.args.JsonSave(
-                                              {**state_checksums(host),
-                                               DATA_CHECKSUM_KEY: _json_sha256(data_state)})),
-            metrics=metrics, force=True)
-
-
-def _read_checkpoint(mngr, step: int, abstract_state) -> tuple[Any, dict]:
-  """(host-verified state, data state) of checkpoint `step`; CheckpointError if altered."""
-  has_sums = os.path.isdir(os.path.join(str(mngr.directory), str(step), "checksums"))
-  items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
-  if has_sums:
-    items["checksums"] = ocp.args.JsonRestore()
-  restored = mngr.restore(step, args=ocp.args.Composite(**items))
-  if not has_sums:
-    log.warning("checkpoint at step %d has no checksums (written by an older version); "
-                "only its finiteness is checked", step)
-  sums = dict(restored.get("checksums") or {}) if has_sums else None
-  if sums and DATA_CHECKSUM_KEY in sums:
-    if sums.pop(DATA_CHECKSUM_KEY) != _json_sha256(restored["data"]):
-      raise CheckpointError("sha256 mismatch in the data-iterator state: the file changed "
-                            "after it was saved")
-  verify_state(jax.device_get(restored["state"]), sums)
-  return restored["state"], restored["data"]
-
-
-def restore_checkpoint(mngr, abstract_state, set_data_state=None
-                       ) -> tuple[int, Any, dict] | None:
-  """Restores the newest usable checkpoint, falling back to older ones.
-
-  A checkpoint is unusable if it cannot be read, its arrays differ from the sha256
-  saved with them, it holds a non-finite value, or `set_data_state(data_state)`
-  (the data iterator taking its saved position) raises. Unusable checkpoints are
-  moved to `checkpoints_unreadable/` with a warning naming the step and the reason.
-  """
-  for step in sorted(mngr.all_steps(), reverse=True):
-    try:
-      state, data_state = _read_checkpoint(mngr, step, abstract_state)
-      if set_data_state is not None:
-        set_data_state(data_state)
-      return step, state, data_state
-    except Exception as e:  # pylint: disable=broad-except
-      # Move it aside (kept for inspection) so the resumed run can save this step again.
-      aside = os.path.join(os.path.dirname(str(mngr.directory)), "checkpoints_unreadable",
-                           f"{step}_{int(time.time())}")
-      if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(aside), exist_ok=True)
-        os.replace(os.path.join(str(mngr.directory), str(step)), aside)
-      mngr.reload()
-      msg = (f"checkpoint at step {step} in {mngr.directory} is unreadable "
-             f"({type(e).__name__}: {str(e)[:200]}); moved it to {aside} and "
-             f"falling back to the previous one")
-      log.warning(msg)
-      print(f"WARNING: {msg}", flush=True)
-  return None
-
-
+# ---------------------------------------------------------------- loading a run
 def load_state(workdir: str, config=None, step: int | None = None):
   """Loads a finished run's task state from its workdir (for sampling, metrics, teachers).
 
-  Returns (task, state) with the state on the host.
+  Returns (task, state) with the state on one local device.
   """
   if config is None:
     with open(os.path.join(workdir, "config.json")) as f:
@@ -277,38 +104,7 @@ def load_state(workdir: str, config=None, step: int | None = None):
   it = task.train_data(ctx)
   example = jax.tree.map(lambda x: x[:max(1, len(x) // 8)], next(it))
   abstract = jax.eval_shape(lambda: task.init_state(jax.random.PRNGKey(config.seed), example))
-  # Restore onto one local device whatever device count the run was saved with.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          abstract)
-  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-  state, _ = _read_checkpoint(mngr, step, abstract)
-  return task, state
-
-
-# ---------------------------------------------------------------- progress
-class Progress:
-  """A one-line progress bar: step, loss, images/s and ETA (tqdm when interactive)."""
-
-  def __init__(self, total: int, initial: int, enabled: bool):
-    self.bar = None
-    if enabled:
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                      mininterval=1.0)
-
-  def update(self, step: int, values: dict[str, float]):
-    if self.bar is not None:
-      self.bar.n = step
-      self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=True)
-
-  def close(self):
-    if self.bar is not None:
-      self.bar.close()
+  return task, checkpoint.restore_state(workdir, abstract, step)
 
 
 class _StopSignal:
@@ -340,17 +136,6 @@ def _first_nonfinite(history: list[tuple[int, dict]]) -> int | None:
     if not math.isfinite(float(m["loss"])):
       return step
   return None
-
-
-def _last_checkpoint_note(mngr) -> str:
-  """Names the newest checkpoint on disk (each was verified finite when saved or restored)."""
-  mngr.wait_until_finished()
-  mngr.reload()
-  steps = mngr.all_steps()
-  if not steps:
-    return f"No checkpoint has been saved in {mngr.directory} yet."
-  return (f"The last good checkpoint (step {max(steps)}) is kept in {mngr.directory}; "
-          f"rerunning resumes from it.")
 
 
 @contextlib.contextmanager
@@ -400,28 +185,41 @@ def _set_up(config):
 
 
 def _check_batch_size(config) -> int:
-  """The per-device batch size; ValueError naming batch_size unless devices split it evenly."""
+  """The per-device batch size; ValueError naming batch_size unless devices split it
+  evenly, and naming batch_size and grad_accum_steps unless that divides it."""
   b = config.get("batch_size")
   if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
     raise ValueError(f"batch_size={b!r}: must be a positive integer (a multiple of the "
                      f"device count {jax.device_count()})")
-  return parallel.check_batch_size(b)
+  per_device = parallel.check_batch_size(b)
+  accum = config.get("grad_accum_steps", 1)
+  if isinstance(accum, int) and accum > 1 and per_device % accum:
+    raise ValueError(f"batch_size={b} ({per_device} per device on {jax.device_count()} "
+                     f"device(s)) is not divisible by grad_accum_steps={accum}: each "
+                     f"device's batch is split into grad_accum_steps micro-batches")
+  return per_device
 
 
 # ---------------------------------------------------------------- main entry
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       cluster: dict[str, Any] | None = None) -> dict[str, Any]:
   """Trains `config.task` as the config says, in `workdir`; returns the final eval metrics.
 
+  Multi-host: `cluster` (coordinator_address, num_processes, process_id) or
+  `config.distributed=True` (cluster detected from the environment) start
+  `jax.distributed` here, the one place a run starts it (parallel.start_distributed).
   SIGTERM/SIGINT (from set-up on) save a checkpoint at the next step and return.
   """
+  if cluster:
+    parallel.start_distributed(**cluster)
+  elif config.get("distributed", False) and jax.process_count() == 1:
+    parallel.start_distributed()
   stop = _StopSignal()
   with stop.installed():
     return _train_and_evaluate(config, workdir, stop)
 
 
 def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
-  if config.get("distributed", False) and jax.process_count() == 1:
-    parallel.initialize_distributed()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   # Refuse a mismatched resume now; write config.json only once the first step has
@@ -430,11 +228,11 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
 
   task, train_iter, eval_sets, dp, train_rng, state = _set_up(config)
   start = train_iter.get_state()
-  mngr = make_checkpoint_manager(workdir, config)
+  mngr = checkpoint.make_checkpoint_manager(workdir, config)
   step = 0
   abstract = (jax.device_get(state) if jax.process_count() > 1
               else jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
-  restored = restore_checkpoint(mngr, abstract, train_iter.set_state)
+  restored = checkpoint.restore_checkpoint(mngr, abstract, train_iter.set_state)
   if restored is None:
     train_iter.set_state(start)  # a rejected checkpoint may have moved it
   else:
@@ -443,12 +241,13 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
     print(f"Resumed {workdir} from step {step}", flush=True)
   state = dp.put_state(state)
 
-  writer = MetricWriter(workdir)
+  writer = reporting.MetricWriter(workdir)
   num_steps = config.num_steps
   log_every = config.get("log_every", 50)
   eval_every = config.get("eval_every", 0) or num_steps
   ckpt_every = config.get("checkpoint_every", 0) or eval_every
-  progress = Progress(num_steps, step, config.get("progress", True) and jax.process_index() == 0)
+  progress = reporting.Progress(num_steps, step,
+                                config.get("progress", True) and parallel.is_main())
   history: list[tuple[int, dict]] = []
   final_eval: dict[str, Any] = {}
   t_last, step_last = time.perf_counter(), step
@@ -463,7 +262,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
       prefix = f"{name}_" if name else ""
       result.update({prefix + k: v for k, v in task.summarize_eval(dp.to_host(sums)).items()})
     writer.write(step, "eval", dict(result))
-    if jax.process_index() == 0:
+    if parallel.is_main():
       task.on_eval(state, step, workdir)
     return result
 
@@ -477,7 +276,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
     if bad is not None:
       raise NonFiniteLossError(
           f"non-finite loss at step {bad} ({host[bad - host[0][0]][1]['loss']}); "
-          f"stopped. {_last_checkpoint_note(mngr)}")
+          f"stopped. {checkpoint.last_checkpoint_note(mngr)}")
     means = {k: float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
     history = []
     return means
@@ -520,7 +319,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
         writer.write(step, "fewshot", fewshot(state))
       if boundary_ckpt:
         best = config.get("best_metric", "")
-        save_checkpoint(mngr, step, state, batches.get_state(),
+        checkpoint.save_checkpoint(mngr, step, state, batches.get_state(),
                         metrics={best: eval_metrics[best]} if (best and eval_metrics) else None)
       if stopping:
         mngr.wait_until_finished()
@@ -541,7 +340,7 @@ def _train_and_evaluate(config, workdir, stop) -> dict[str, Any]:
     mngr.close()
     writer.close()
 
-  if jax.process_index() == 0:
+  if parallel.is_main():
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump({"step": step, **final_eval}, f, indent=2)
   return {"step": step, **final_eval}

@@ -70,9 +70,26 @@ def test_imports_follow_the_layer_table():
   assert not bad, "\n".join(bad)
 
 
-def test_nothing_imports_the_trainer_or_the_sweep_runner():
+def test_only_the_entry_points_import_the_trainer_and_nothing_the_sweep_runner():
   for unit, deps in _imports().items():
-    assert "trainer" not in deps and "sweep" not in deps, unit
+    assert "sweep" not in deps, unit
+    assert "trainer" not in deps or unit in ("main", "complete"), unit
+
+
+def test_tasks_reach_devices_only_through_parallel():
+  """No task names the device axis: parallel.mean / example_keys / device_key instead."""
+  bad = []
+  tasks_dir = os.path.join(REPO, "research", "tasks")
+  for name in sorted(os.listdir(tasks_dir)):
+    if not name.endswith(".py"):
+      continue
+    tree = ast.parse(open(os.path.join(tasks_dir, name)).read(), name)
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and any(a.name == "AXIS" for a in node.names):
+        bad.append(f"{name}: imports AXIS from {node.module}")
+      if isinstance(node, ast.Attribute) and node.attr in ("AXIS", "axis_index", "pmean", "psum"):
+        bad.append(f"{name}:{node.lineno}: uses .{node.attr}")
+  assert not bad, "\n".join(bad)
 
 
 def test_paths_the_doc_names_exist():

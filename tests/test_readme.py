@@ -59,6 +59,10 @@ def _all_commands():
 def _defined_flags(script: str) -> set[str]:
   with open(os.path.join(REPO, script)) as f:
     source = f.read()
+  # A thin script (scripts/train.py) runs a library entry point's main: read its flags there.
+  for module in re.findall(r"^from (research(?:\.\w+)+) import .*\bmain\b", source, re.M):
+    with open(os.path.join(REPO, *module.split(".")) + ".py") as f:
+      source += f.read()
   return set(re.findall(r"add_argument\(\s*['\"](--[\w-]+)['\"]", source))
 
 

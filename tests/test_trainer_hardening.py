@@ -5,10 +5,12 @@ import json
 import os
 import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 
-from research import trainer
+from research import checkpoint, trainer
+from research import params as params_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,17 +58,17 @@ def test_flipped_bytes_in_the_newest_checkpoint_resume_from_the_previous_one(
   assert [p.split("_")[0] for p in os.listdir(run / "checkpoints_unreadable")] == ["4"]
   # The steps were trained again from step 2 and saved afresh, verified.
   _, state = trainer.load_state(str(run))
-  assert all(np.isfinite(np.asarray(x)).all() for x in trainer.params_lib.flatten(state).values())
+  assert all(np.isfinite(np.asarray(x)).all() for x in params_lib.flatten(state).values())
 
 
 def test_restored_state_with_non_finite_values_is_refused():
   state = {"w": np.ones((2, 2), np.float32), "step": np.int32(3)}
-  sums = trainer.state_checksums(state)
-  trainer.verify_state(state, sums)
-  with pytest.raises(trainer.CheckpointError, match="sha256 mismatch in 1 array"):
-    trainer.verify_state({**state, "w": np.full((2, 2), 2.0, np.float32)}, sums)
-  with pytest.raises(trainer.CheckpointError, match="non-finite values in 1 array"):
-    trainer.verify_state({**state, "w": np.full((2, 2), np.nan, np.float32)}, None)
+  sums = checkpoint.state_checksums(state)
+  checkpoint.verify_state(state, sums)
+  with pytest.raises(checkpoint.CheckpointError, match="sha256 mismatch in 1 array"):
+    checkpoint.verify_state({**state, "w": np.full((2, 2), 2.0, np.float32)}, sums)
+  with pytest.raises(checkpoint.CheckpointError, match="non-finite values in 1 array"):
+    checkpoint.verify_state({**state, "w": np.full((2, 2), np.nan, np.float32)}, None)
 
 
 def test_non_finite_loss_before_any_checkpoint_says_there_is_none(tiny_config, tmp_path):
@@ -87,12 +89,12 @@ def test_data_state_without_position_makes_the_checkpoint_unreadable(finished_ru
   # Step 4 saved again, checksums and all, with a data state that is valid JSON but no
   # iterator state (as another iterator type or an older version would write it).
   shutil.rmtree(run / "checkpoints" / "4")
-  mngr = trainer.make_checkpoint_manager(str(run), tiny_config(**_SHORT))
-  trainer.save_checkpoint(mngr, 4, state, {"pos": 128})
+  mngr = checkpoint.make_checkpoint_manager(str(run), tiny_config(**_SHORT))
+  checkpoint.save_checkpoint(mngr, 4, state, {"pos": 128})
   mngr.wait_until_finished()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   it = data.ArrayIterator({"x": np.arange(10)}, 2, seed=0)
-  step, _, data_state = trainer.restore_checkpoint(mngr, abstract, it.set_state)
+  step, _, data_state = checkpoint.restore_checkpoint(mngr, abstract, it.set_state)
   mngr.close()
   printed = capsys.readouterr().out
   assert step == 2 and it.position == data_state["position"] == 64
@@ -260,8 +262,8 @@ def test_non_finite_loss_names_the_newest_verified_checkpoint(finished_run, tiny
   task, state = trainer.load_state(str(run), step=4)
   state = state.replace(params=jax.tree.map(lambda x: x * 1e30, state.params))
   shutil.rmtree(run / "checkpoints" / "4")
-  mngr = trainer.make_checkpoint_manager(str(run), tiny_config(**_SHORT))
-  trainer.save_checkpoint(mngr, 4, state, {"position": 128})
+  mngr = checkpoint.make_checkpoint_manager(str(run), tiny_config(**_SHORT))
+  checkpoint.save_checkpoint(mngr, 4, state, {"position": 128})
   mngr.wait_until_finished()
   mngr.close()
   del task
@@ -280,8 +282,8 @@ def test_an_edited_data_iterator_state_fails_its_checksum(finished_run, tmp_path
     f.write('{"position": 96}')  # a valid state, not the saved one (128)
   _, state = trainer.load_state(str(run), step=2)
   it = data.ArrayIterator({"x": np.arange(10)}, 2, seed=0)
-  mngr = trainer.make_checkpoint_manager(str(run), trainer.ml_collections.ConfigDict())
-  step, _, _ = trainer.restore_checkpoint(
+  mngr = checkpoint.make_checkpoint_manager(str(run), ml_collections.ConfigDict())
+  step, _, _ = checkpoint.restore_checkpoint(
       mngr, jax.tree.map(ocp.utils.to_shape_dtype_struct, state), it.set_state)
   mngr.close()
   printed = capsys.readouterr().out
@@ -290,12 +292,12 @@ def test_an_edited_data_iterator_state_fails_its_checksum(finished_run, tmp_path
 
 
 def test_a_non_finite_state_is_never_saved(tmp_path):
-  mngr = trainer.make_checkpoint_manager(str(tmp_path), trainer.ml_collections.ConfigDict())
+  mngr = checkpoint.make_checkpoint_manager(str(tmp_path), ml_collections.ConfigDict())
   state = {"w": np.array([1.0, np.inf], np.float32)}
   with pytest.raises(trainer.NonFiniteLossError,
                      match=r"non-finite values in the state at step 7 \(1 array\(s\), first "
                            r"'w'\); not saved. No checkpoint has been saved"):
-    trainer.save_checkpoint(mngr, 7, state, {"position": 0})
+    checkpoint.save_checkpoint(mngr, 7, state, {"position": 0})
   mngr.close()
   assert mngr.all_steps() == []
 

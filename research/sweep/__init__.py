@@ -1,4 +1,5 @@
-"""Sweeps: a grid of config overrides, each a `scripts/train.py` run in its own workdir.
+"""Sweeps: a grid of config overrides, each a training run (`python -m research.main`,
+what scripts/train.py runs) in its own workdir.
 
 A sweep is a list of runs; a run is an ordered dict of overrides
 {'data.few_shot_k': 10, 'seed': 0, ...}. Keys starting with '_' are labels
@@ -25,7 +26,7 @@ them: subprocesses, prerequisites, display, status), `results` (what they
 gave: collection, aggregation, selection, tables, plots). Everything is
 re-exported here, so `from research import sweep; sweep.run_sweep(...)`.
 """
-from research.sweep.grid import (REPO_ROOT, RUN_LOG, STATUS_FILE, TRAIN_SCRIPT, Overrides,
+from research.sweep.grid import (REPO_ROOT, RUN_LOG, STATUS_FILE, TRAIN_MODULE, Overrides,
                                   config_overrides, grid, load_module, override_flags,
                                   parse_grid_flag, run_name, sweep_from_config, validate)
 from research.sweep.results import (aggregate, collect, default_metrics, markdown_table, plot,

@@ -12,7 +12,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from research import config_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN_SCRIPT = os.path.join(REPO_ROOT, "scripts", "train.py")
+# A run is `python -m research.main ...` (the library entry point scripts/train.py wraps).
+TRAIN_MODULE = ("-m", "research.main")
 STATUS_FILE = "sweep_status.json"
 RUN_LOG = "sweep.log"
 

@@ -1,4 +1,4 @@
-"""Sweep runner: each run a `scripts/train.py` subprocess in its own workdir,
+"""Sweep runner: each run a `python -m research.main` subprocess in its own workdir,
 prerequisites first, a live display, a status file; failures reported, not fatal."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from research import config_lib
-from research.sweep.grid import (RUN_LOG, STATUS_FILE, TRAIN_SCRIPT, Overrides, config_overrides,
+from research.sweep.grid import (RUN_LOG, STATUS_FILE, TRAIN_MODULE, Overrides, config_overrides,
                                   load_module, override_flags, run_name, validate)
 
 
@@ -79,7 +79,7 @@ def make_jobs(config_spec: str, runs: Sequence[Overrides], root: str,
     raise ValueError(f"sweep: several runs share the name(s) {dupes}; every run "
                      f"needs distinct overrides")
   python = sys.executable
-  train_command = list(train_command or [python, TRAIN_SCRIPT])
+  train_command = list(train_command or [python, *TRAIN_MODULE])
   prereqs, needs = prerequisite_jobs(config_spec, runs, root, python)
   jobs = list(prereqs)
   for overrides, name, req in zip(runs, names, needs):

@@ -44,7 +44,9 @@ and its optimizer; `data` is the source dataset):
 Classification's optimizer fields apply to the classifier as they do there:
 optimizer.frozen, optimizer.lr_mults, optimizer.layer_decay, bn_mode
 ('frozen_stats' / 'frozen' need a BatchNorm model that takes
-use_running_average, else a ValueError); `mix` other than 'none' is rejected.
+use_running_average, else a ValueError); `mix` other than 'none' and
+`grad_accum_steps` other than 1 (the adaptation terms are statistics of the
+whole per-device batch) are rejected.
 The domain classifier gets the same optimizer without frozen / lr_mults rules.
 
 Augmentation (`augment`) is applied to both streams with independent keys,
@@ -61,14 +63,11 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jax import lax
 
-from research import optim
+from research import optim, parallel
 from research.losses import classification as cls_losses
 from research.metrics import classification as metrics
-from research.parallel import AXIS
-from research.tasks import adapt_methods, base, classify
+from research.tasks import adapt_methods, base, classify, train_state
 from research.tasks.adapt_methods import METHODS  # noqa: F401  (re-exported)
 
 # Eval 'domain' ids.
@@ -84,6 +83,8 @@ class AdaptState:
   opt_state: Any
   disc_params: Any      # domain classifier; {} when the method has none
   disc_opt_state: Any   # {} when the method has none
+  optimizer: Any = flax.struct.field(pytree_node=False)       # train_state.Optimizer
+  disc_optimizer: Any = flax.struct.field(pytree_node=False)  # None without a discriminator
 
 
 def standardize_per_image(x: jax.Array, eps: float = 1e-3) -> jax.Array:
@@ -123,6 +124,10 @@ class AdaptTask(classify.ClassifyTask):
     if self.mix != "none":
       raise ValueError(f"adapt: mix={self.mix!r} is not supported by the adaptation task "
                        f"(mixing would blend labelled source images only); set mix='none'")
+    if self.grad_accum_steps != 1:
+      raise ValueError(f"adapt: grad_accum_steps={self.grad_accum_steps} is not supported "
+                       f"(the adaptation terms are statistics of the whole per-device "
+                       f"batch); use 1")
     self.discriminator = self.adapt.discriminator()
     self.target_cfg = config.target
 
@@ -205,22 +210,20 @@ class AdaptTask(classify.ClassifyTask):
     if self.bn_mode != "train" and not batch_stats:
       raise ValueError(f"adapt: bn_mode={self.bn_mode!r} needs a model with BatchNorm; "
                        f"{self.config.model.name!r} has no batch statistics (use 'train')")
-    self.frozen, lr_mults = self.partitions(params, batch_stats)
-    self.tx = optim.make(self.config.optimizer, params, self.config.num_steps,
-                         frozen=self.frozen, lr_mults=lr_mults)
-    disc_params, disc_opt_state = {}, {}
+    opt = self.optimizer(params, batch_stats)
+    disc_params, disc_opt_state, disc_opt = {}, {}, None
     if self.discriminator is not None:
       x = self.inputs(jnp.asarray(batch["source"]["image"][:2]))
       logits, feats = self.model.apply(variables, x, train=False, return_features=True)
       disc_params = self.discriminator.init(
           disc_rng, self.adapt.disc_example(feats, logits, x))["params"]
       # Classifier-path rules (frozen, lr_mults) name classifier parameters only.
-      self.disc_tx = optim.make(self.config.optimizer, disc_params, self.config.num_steps,
-                                frozen=(), lr_mults=())
-      disc_opt_state = self.disc_tx.init(disc_params)
+      disc_opt = train_state.Optimizer(optim.make(
+          self.config.optimizer, disc_params, self.config.num_steps, frozen=(), lr_mults=()))
+      disc_opt_state = disc_opt.init(disc_params)
     return AdaptState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=self.tx.init(params), disc_params=disc_params,
-                      disc_opt_state=disc_opt_state)
+                      opt_state=opt.init(params), disc_params=disc_params,
+                      disc_opt_state=disc_opt_state, optimizer=opt, disc_optimizer=disc_opt)
 
   def _forward(self, params, batch_stats, x, rng):
     """(logits, features, new_batch_stats) of the classifier in train mode (bn_mode honoured)."""
@@ -251,12 +254,12 @@ class AdaptTask(classify.ClassifyTask):
     if smoothing:
       targets = cls_losses.smooth_labels(targets, smoothing)
     lam = cfg.lambda_p(state.step.astype(jnp.float32) / self.config.num_steps)
-    split, merge = self.split_merge()
+    has_disc = self.discriminator is not None
 
-    def loss_fn(trainable, frozen, disc_params):
+    def loss_fn(params, _, __):
+      params, disc_params = params if has_disc else (params, state.disc_params)
       x = jnp.concatenate([x_s, x_t]) if cfg.needs_target_features else x_s
-      logits, feats, new_stats = self._forward(merge(trainable, frozen), state.batch_stats,
-                                               x, drop_rng)
+      logits, feats, new_stats = self._forward(params, state.batch_stats, x, drop_rng)
       ce = cls_losses.softmax_cross_entropy(logits[:n], targets)
       ce_weights, term, aux = adapt_methods.adaptation_term(
           cfg, self._disc, disc_params, logits, feats, n, lam, x_s, x_t)
@@ -264,25 +267,21 @@ class AdaptTask(classify.ClassifyTask):
       aux["ce"] = jnp.mean(ce)
       return loss, (logits[:n], new_stats, aux)
 
-    # Differentiate only the trainable leaves: no backward pass into frozen ones.
-    trainable, frozen = split(state.params)
-    (loss, (logits, new_stats, aux)), (grads, disc_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 2), has_aux=True)(trainable, frozen, state.disc_params)
-    grads = lax.pmean(grads, AXIS)
-    grads = merge(grads, jax.tree.map(jnp.zeros_like, frozen))
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    # Frozen leaves are put back as they were (p + 0 would turn -0. into 0.).
-    params = merge(split(optax.apply_updates(state.params, updates))[0], frozen)
-    disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
-    if self.discriminator is not None:
-      disc_grads = lax.pmean(disc_grads, AXIS)
-      disc_updates, disc_opt_state = self.disc_tx.update(
-          disc_grads, state.disc_opt_state, state.disc_params)
-      disc_params = optax.apply_updates(state.disc_params, disc_updates)
+    # One loss trains the classifier and (if any) the domain classifier, each with its
+    # own optimizer; the classifier's frozen leaves get no gradient.
+    if has_disc:
+      (params, disc_params), (opt_state, disc_opt_state), loss, (logits, new_stats, aux) = (
+          train_state.update(loss_fn, (state.params, state.disc_params),
+                             (state.opt_state, state.disc_opt_state),
+                             (state.optimizer, state.disc_optimizer)))
+    else:
+      params, opt_state, loss, (logits, new_stats, aux) = train_state.update(
+          loss_fn, state.params, state.opt_state, state.optimizer)
+      disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
     if state.batch_stats:
-      new_stats = lax.pmean(new_stats, AXIS)
+      new_stats = parallel.mean(new_stats)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["source"]["label"])
-    metrics_ = lax.pmean({"loss": loss, "accuracy": accuracy, "lambda": lam, **aux}, AXIS)
+    metrics_ = parallel.mean({"loss": loss, "accuracy": accuracy, "lambda": lam, **aux})
     return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                          opt_state=opt_state, disc_params=disc_params,
                          disc_opt_state=disc_opt_state), metrics_

@@ -17,19 +17,29 @@ Host side (plain Python/numpy, may read files):
                         best_metric: model selection on a validation split).
   `init_state(rng, batch)` -> the full training state (any pytree: params of one
                         or several models, optimizer states, batch_stats, EMA
-                        weights, a frozen teacher...). `batch` is one per-device
-                        batch (numpy), only for shapes. The state is the same on
-                        every device and is what gets checkpointed.
+                        weights, a frozen teacher...), carrying its optimizers
+                        as static fields (research.tasks.train_state: a
+                        `TrainState` or a dataclass like it). `batch` is one
+                        per-device batch (numpy), only for shapes. No side
+                        effects: `train_step` needs nothing but the state. The
+                        state is the same on every device and is what gets
+                        checkpointed.
   `summarize_eval(sums)` -> final eval metrics from the summed eval statistics.
   `on_eval(state, step, workdir)` -> optional side outputs (sample grids);
                         called on process 0 only.
 
-Per device (pure, jit-able; collectives over `research.parallel.AXIS`):
+Per device (pure, jit-able; device logic only through `research.parallel`):
   `train_step(state, batch, rng)` -> (new_state, metrics). `batch` is this
                         device's slice [per_device, ...]; `rng` is already unique
-                        to (step, device). Gradients and BatchNorm statistics
-                        must be averaged with `lax.pmean(..., AXIS)` so the state
-                        stays identical across devices. `metrics` holds scalars,
+                        to (step, device). Every gradient becomes parameters
+                        through `train_state.update` (cross-device mean,
+                        frozen-parameter gating, `grad_accum_steps`
+                        micro-batches, the optax update); what else must agree
+                        across devices (BatchNorm statistics, metrics) is
+                        averaged with `parallel.mean`. Models get BatchNorm's
+                        axis from `parallel.batchnorm_axis_name()`; per-example
+                        or per-device keys come from `parallel.example_keys` /
+                        `parallel.device_key`. `metrics` holds scalars,
                         already averaged across devices, and must include
                         'loss' (the trainer stops on a non-finite value).
                         Several models / optimizers / alternating updates (GAN:
@@ -40,6 +50,9 @@ Per device (pure, jit-able; collectives over `research.parallel.AXIS`):
                         across batches), e.g. {'correct': .., 'count': ..,
                         'confusion': [C, C]}.
 
+A config field a task cannot honour (e.g. `grad_accum_steps` > 1 for the GAN's
+alternating updates) is rejected in `__init__` with a ValueError naming it.
+
 Every method has a sensible default where one exists; a new task subclasses
 `Task` and overrides what differs.
 """
@@ -49,6 +62,8 @@ import dataclasses
 from typing import Any, Callable, Iterable, Iterator, Mapping, Union
 
 import numpy as np
+
+from research.tasks import train_state
 
 Batch = Mapping[str, Any]
 State = Any
@@ -73,6 +88,9 @@ class Task:
 
   def __init__(self, config):
     self.config = config
+    # Micro-batches per update (research.tasks.train_state.update); 1 = off.
+    self.grad_accum_steps = train_state.check_grad_accum_steps(
+        config.get("grad_accum_steps", 1))
 
   # ---- host side ----
   def train_data(self, ctx: DataContext):

@@ -19,36 +19,27 @@ Config fields read here (beside the trainer's):
 
 With frozen parameters (optimizer.frozen or bn_mode='frozen') the train step
 differentiates only the trainable subset, so frozen layers cost no gradients.
+grad_accum_steps > 1 splits each device's batch into micro-batches
+(research.tasks.train_state; with BatchNorm each micro-batch has its own
+statistics).
 """
 from __future__ import annotations
 
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jax import lax
 
-from research import models, optim
+from research import models, optim, parallel
 from research.losses import classification as losses
 from research.metrics import classification as metrics
-from research.parallel import AXIS
 from research.tasks import base
+from research.tasks.train_state import Optimizer, TrainState
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _NORMALIZE = ("unit", "imagenet", "centered")
 _BN_MODES = ("train", "frozen_stats", "frozen")
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
 
 
 def preprocess(images: jax.Array, cfg) -> jax.Array:
@@ -84,7 +75,7 @@ class ClassifyTask(base.Task):
     kwargs = dict(config.model)
     name = kwargs.pop("name")
     self.num_classes = kwargs.get("num_classes", 10)
-    self.model = models.get_model(name, axis_name=AXIS, **kwargs)
+    self.model = models.get_model(name, axis_name=parallel.batchnorm_axis_name(), **kwargs)
     self.input_cfg = config.get("input", {})
     spec = config.get("augment", "")
     self.augment = None
@@ -95,7 +86,6 @@ class ClassifyTask(base.Task):
     self.bn_mode = config.get("bn_mode", "train")
     if self.bn_mode not in _BN_MODES:
       raise ValueError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
-    self.frozen = ()  # regexes over param paths; set by init_state
 
   # ---- model plumbing shared with tasks that reuse a classifier ----
   def inputs(self, images):
@@ -122,13 +112,14 @@ class ClassifyTask(base.Task):
 
   def init_state(self, rng, batch):
     variables = self.init_variables(rng, batch)
-    params = variables["params"]
-    self.frozen, lr_mults = self.partitions(params, variables.get("batch_stats", {}))
-    self.tx = optim.make(self.config.optimizer, params, self.config.num_steps,
-                         frozen=self.frozen, lr_mults=lr_mults)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}),
-                      opt_state=self.tx.init(params))
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    return TrainState.create(params, self.optimizer(params, batch_stats), batch_stats)
+
+  def optimizer(self, params, batch_stats) -> Optimizer:
+    """The classifier's optimizer: optimizer.*, with bn_mode / layer_decay expanded."""
+    frozen, lr_mults = self.partitions(params, batch_stats)
+    return Optimizer(optim.make(self.config.optimizer, params, self.config.num_steps,
+                                frozen=frozen, lr_mults=lr_mults), frozen)
 
   def partitions(self, params, batch_stats):
     """(frozen regexes, lr_mults rules) from optimizer.* and bn_mode."""
@@ -158,14 +149,6 @@ class ClassifyTask(base.Task):
       return out, updates.get("batch_stats", batch_stats)
     return self.model.apply(variables, x, train=False), batch_stats
 
-  def split_merge(self):
-    """(params -> (trainable, frozen), (trainable, frozen) -> params) for self.frozen;
-    without frozen parameters everything is trainable and frozen is {}."""
-    if not self.frozen:
-      return (lambda p: (p, {})), (lambda t, f: t)
-    from research import transfer  # pylint: disable=g-import-not-at-top
-    return (lambda p: transfer.split_trainable(p, self.frozen)), transfer.merge
-
   def features(self, state, images):
     """Pooled features float32 [N, D] of stored images (eval mode): what
     few-shot evaluation (config.fewshot, research.transfer.fewshot_eval) probes."""
@@ -190,26 +173,16 @@ class ClassifyTask(base.Task):
     if smoothing:
       targets = losses.smooth_labels(targets, smoothing)
 
-    split, merge = self.split_merge()
 
-    def loss_fn(trainable, frozen):
-      logits, new_stats = self.apply(merge(trainable, frozen), state.batch_stats, x, True,
-                                     drop_rng)
-      loss = jnp.mean(losses.softmax_cross_entropy(logits, targets))
-      return loss, (logits, new_stats)
+    def loss_fn(params, b, rng):
+      logits, new_stats = self.apply(params, state.batch_stats, b["x"], True, rng)
+      loss = jnp.mean(losses.softmax_cross_entropy(logits, b["targets"]))
+      accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(b["targets"], -1))
+      return loss, (new_stats, accuracy)
 
-    # Differentiate only the trainable leaves: no backward pass into frozen ones.
-    trainable, frozen = split(state.params)
-    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        trainable, frozen)
-    grads = lax.pmean(grads, AXIS)
-    # The optimizer sees the full tree; its set_to_zero partition ignores these zeros.
-    grads = merge(grads, jax.tree.map(jnp.zeros_like, frozen))
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    # Frozen leaves are put back as they were (p + 0 would turn -0. into 0.).
-    params = merge(split(optax.apply_updates(state.params, updates))[0], frozen)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
-    metrics_ = lax.pmean({"loss": loss, "accuracy": accuracy}, AXIS)
+    params, opt_state, loss, (new_stats, accuracy) = state.apply_loss(
+        loss_fn, {"x": x, "targets": targets}, drop_rng, self.grad_accum_steps)
+    metrics_ = parallel.mean({"loss": loss, "accuracy": accuracy})
     return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                          opt_state=opt_state), metrics_
 

@@ -16,6 +16,7 @@ CNN at 28x28). Augmentation and mixing are not applied when distilling.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -25,27 +26,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 from jax import lax
 
-from research import optim
+from research import checkpoint, parallel
 from research.losses import distillation
-from research.parallel import AXIS
 from research.tasks import classify
+from research.tasks.train_state import TrainState
 
 
 @flax.struct.dataclass
-class DistillState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  teacher: Any  # {'params': ..., maybe 'batch_stats': ...}; frozen
+class DistillState(TrainState):
+  teacher: Any = None  # {'params': ..., maybe 'batch_stats': ...}; frozen
 
 
-def load_teacher(workdir: str, example_batch, rng):
-  """(teacher ClassifyTask, teacher variables) from a finished run's workdir."""
+def load_teacher_task(workdir: str) -> classify.ClassifyTask:
+  """The teacher's ClassifyTask (model, preprocessing) from a run's config.json."""
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"distill.teacher_workdir: no config.json in {workdir!r} "
@@ -53,20 +48,21 @@ def load_teacher(workdir: str, example_batch, rng):
   with open(config_path) as f:
     t_config = ml_collections.ConfigDict(json.load(f))
   t_config.init = ml_collections.ConfigDict({"checkpoint": ""})
-  teacher = classify.ClassifyTask(t_config)
-  # A concrete sharding (one local device) so a checkpoint written on another
-  # device count (e.g. an 8-device run) restores here; pmap replicates it later.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-      jax.eval_shape(lambda: teacher.init_state(rng, example_batch)))
-  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"distill.teacher_workdir: no checkpoint in {workdir}/checkpoints")
-  state = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))["state"]
+  return classify.ClassifyTask(t_config)
+
+
+def load_teacher(workdir: str, example_batch, rng):
+  """(teacher ClassifyTask, teacher variables) from a finished run's workdir.
+
+  The teacher's newest checkpoint is read (and verified) by
+  `research.checkpoint.restore_state`, as `trainer.load_state` reads any run.
+  """
+  teacher = load_teacher_task(workdir)
+  abstract = jax.eval_shape(lambda: teacher.init_state(rng, example_batch))
+  try:
+    state = checkpoint.restore_state(workdir, abstract)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"distill.teacher_workdir: {e}") from e
   variables = {"params": state.params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
@@ -88,7 +84,11 @@ class DistillTask(classify.ClassifyTask):
       raise ValueError(f"distill.temperature must be > 0, got {self.temperature}")
     if not 0.0 <= self.alpha <= 1.0:
       raise ValueError(f"distill.alpha must be in [0, 1], got {self.alpha}")
-    self.teacher_task = None
+
+  @functools.cached_property
+  def teacher_task(self) -> classify.ClassifyTask:
+    """The teacher's model and preprocessing, from its run's config.json (no weights)."""
+    return load_teacher_task(self.config.distill.teacher_workdir)
 
   def init_state(self, rng, batch):
     student_rng, teacher_rng = jax.random.split(rng)
@@ -96,14 +96,14 @@ class DistillTask(classify.ClassifyTask):
     # Concrete even when traced (trainer.load_state calls init_state under
     # jax.eval_shape): the teacher's weights are read from disk, not computed.
     with jax.ensure_compile_time_eval():
-      self.teacher_task, teacher_vars = load_teacher(
+      _, teacher_vars = load_teacher(
           self.config.distill.teacher_workdir,
           jax.tree.map(lambda x: np.asarray(x)[:1], dict(batch)), teacher_rng)
-    params = variables["params"]
-    self.tx = optim.make(self.config.optimizer, params, self.config.num_steps)
-    return DistillState(step=jnp.zeros((), jnp.int32), params=params,
-                        batch_stats=variables.get("batch_stats", {}),
-                        opt_state=self.tx.init(params), teacher=teacher_vars)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    # ClassifyTask's optimizer: optimizer.frozen / lr_mults / layer_decay and bn_mode
+    # apply to the student as they do to a classifier.
+    return DistillState.create(params, self.optimizer(params, batch_stats), batch_stats,
+                               teacher=teacher_vars)
 
   def train_step(self, state, batch, rng):
     teacher_logits = self.teacher_task.model.apply(
@@ -111,21 +111,19 @@ class DistillTask(classify.ClassifyTask):
     teacher_logits = lax.stop_gradient(teacher_logits)
     x = self.inputs(batch["image"])
 
-    def loss_fn(params):
-      logits, new_stats = self.apply(params, state.batch_stats, x, True, rng)
+    def loss_fn(params, b, rng):
+      logits, new_stats = self.apply(params, state.batch_stats, b["x"], True, rng)
       loss = jnp.mean(distillation.distillation_loss(
-          logits, teacher_logits, batch["label"], self.temperature, self.alpha))
-      return loss, (logits, new_stats)
+          logits, b["teacher_logits"], b["label"], self.temperature, self.alpha))
+      return loss, (new_stats, jnp.mean(jnp.argmax(logits, -1) == b["label"]))
 
-    (loss, (logits, new_stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    grads = lax.pmean(grads, AXIS)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = lax.pmean({
+    params, opt_state, loss, (new_stats, accuracy) = state.apply_loss(
+        loss_fn, {"x": x, "teacher_logits": teacher_logits, "label": batch["label"]}, rng,
+        self.grad_accum_steps)
+    metrics = parallel.mean({
         "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        "accuracy": accuracy,
         "teacher_accuracy": jnp.mean(jnp.argmax(teacher_logits, -1) == batch["label"]),
-    }, AXIS)
+    })
     return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                          opt_state=opt_state), metrics

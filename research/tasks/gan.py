@@ -39,16 +39,16 @@ import numpy as np
 import optax
 from jax import lax
 
-from research import optim
+from research import optim, parallel
 from research.losses import adversarial
 from research.models import gan as gan_models
-from research.parallel import AXIS
-from research.tasks import base, generation
+from research.tasks import base, generation, train_state
 from research.tasks.sample_grid import save_image_grid
 
 
 @flax.struct.dataclass
 class GANState:
+  """Both networks' arrays; their optimizers (train_state.Optimizer) as static fields."""
   step: jax.Array
   g_params: Any
   g_batch_stats: Any
@@ -57,17 +57,13 @@ class GANState:
   g_opt_state: Any
   d_opt_state: Any
   ema_params: Any
+  g_optimizer: Any = flax.struct.field(pytree_node=False)
+  d_optimizer: Any = flax.struct.field(pytree_node=False)
 
 
 def to_model_range(images: jax.Array) -> jax.Array:
   """uint8 [N, H, W, C] in [0, 255] -> float32 in [-1, 1]."""
   return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def _example_keys(step_key, n: int, offset=0):
-  """One key per example of this device, indexed globally across devices."""
-  index = offset + jnp.arange(n)
-  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, index)
 
 
 def _fold_all(keys, data: int):
@@ -89,7 +85,7 @@ class GANTask(base.Task, generation.Generative):
         image_size=m.image_size, channels=m.channels, width=g.width,
         num_classes=self.num_classes,
         conditioning=g.get("conditioning", "cbn") if self.conditional else None,
-        axis_name=AXIS)
+        axis_name=parallel.batchnorm_axis_name())
     self.discriminator = gan_models.Discriminator(
         width=d.width, num_classes=self.num_classes, conditional=self.conditional,
         spectral_norm=d.get("spectral_norm", False),
@@ -110,6 +106,9 @@ class GANTask(base.Task, generation.Generative):
     self.ema_decay = config.get("ema_decay", 0.999)
     self.policy = config.get("diff_augment", "")
     self.seed = config.get("seed", 0)
+    if self.grad_accum_steps != 1:
+      raise ValueError(f"gan task: grad_accum_steps={self.grad_accum_steps} is not "
+                       f"supported (n_critic alternating updates share one batch); use 1")
 
   # ---- model plumbing ----
   def _labels(self, labels):
@@ -193,18 +192,19 @@ class GANTask(base.Task, generation.Generative):
     g_vars = self.generator.init(g_rng, jnp.zeros((n, self.latent_dim)),
                                  self._labels(y))
     d_vars = self.discriminator.init(d_rng, x, self._labels(y))
-    self.g_tx = optim.make(self.config.g_optimizer, g_vars["params"],
-                           self.config.num_steps)
-    self.d_tx = optim.make(self.config.d_optimizer, d_vars["params"],
-                           self.config.num_steps)
+    g_opt, d_opt = (
+        train_state.Optimizer(optim.make(cfg, v["params"], self.config.num_steps),
+                              tuple(cfg.get("frozen", ()) or ()))
+        for cfg, v in ((self.config.g_optimizer, g_vars), (self.config.d_optimizer, d_vars)))
     return GANState(step=jnp.zeros((), jnp.int32),
                     g_params=g_vars["params"],
                     g_batch_stats=g_vars.get("batch_stats", {}),
                     d_params=d_vars["params"],
                     d_batch_stats=d_vars.get("batch_stats", {}),
-                    g_opt_state=self.g_tx.init(g_vars["params"]),
-                    d_opt_state=self.d_tx.init(d_vars["params"]),
-                    ema_params=g_vars["params"])
+                    g_opt_state=g_opt.init(g_vars["params"]),
+                    d_opt_state=d_opt.init(d_vars["params"]),
+                    ema_params=g_vars["params"],
+                    g_optimizer=g_opt, d_optimizer=d_opt)
 
   def params_for_export(self, state):
     return {"params": state.ema_params, "batch_stats": state.g_batch_stats}
@@ -228,7 +228,7 @@ class GANTask(base.Task, generation.Generative):
     fake_aug = self.augment(_fold_all(keys, 12), fake)
     n = real.shape[0]
 
-    def loss_fn(d_params):
+    def loss_fn(d_params, _, __):
       (logits, features), stats = self.d_apply(
           d_params, state.d_batch_stats, jnp.concatenate([real_aug, fake_aug]),
           jnp.concatenate([y_real, y_fake]), True, return_features=True)
@@ -251,18 +251,16 @@ class GANTask(base.Task, generation.Generative):
         total = total + self.class_weight * d_class
       return total, (stats, aux)
 
-    (_, (stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
-    grads = lax.pmean(grads, AXIS)
-    updates, opt_state = self.d_tx.update(grads, state.d_opt_state, state.d_params)
-    state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
-                          d_opt_state=opt_state,
-                          d_batch_stats=lax.pmean(stats, AXIS))
+    d_params, opt_state, _, (stats, aux) = train_state.update(
+        loss_fn, state.d_params, state.d_opt_state, state.d_optimizer)
+    state = state.replace(d_params=d_params, d_opt_state=opt_state,
+                          d_batch_stats=parallel.mean(stats))
     return state, aux
 
   def _g_update(self, state, keys):
     z, y_fake = self.noise(_fold_all(keys, 20))
 
-    def loss_fn(g_params):
+    def loss_fn(g_params, _, __):
       fake, stats = self.g_apply(g_params, state.g_batch_stats, z, y_fake, True)
       fake_aug = self.augment(_fold_all(keys, 21), fake)
       (logits, features), _ = self.d_apply(state.d_params, state.d_batch_stats,
@@ -273,18 +271,15 @@ class GANTask(base.Task, generation.Generative):
         g_class = self.class_loss(state.d_params, features, y_fake)
       return loss + self.class_weight * g_class, (stats, (loss, g_class))
 
-    (_, (stats, (loss, g_class))), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.g_params)
-    grads = lax.pmean(grads, AXIS)
-    updates, opt_state = self.g_tx.update(grads, state.g_opt_state, state.g_params)
-    params = optax.apply_updates(state.g_params, updates)
+    params, opt_state, _, (stats, (loss, g_class)) = train_state.update(
+        loss_fn, state.g_params, state.g_opt_state, state.g_optimizer)
     # EMA with a warm-up so short runs are not dominated by the initial weights.
     t = state.step.astype(jnp.float32)
     decay = jnp.minimum(self.ema_decay, (1.0 + t) / (10.0 + t))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                        state.ema_params, params)
     return state.replace(g_params=params, g_opt_state=opt_state,
-                         g_batch_stats=lax.pmean(stats, AXIS),
+                         g_batch_stats=parallel.mean(stats),
                          ema_params=ema), (loss, g_class)
 
   def train_step(self, state, batch, rng):
@@ -293,7 +288,7 @@ class GANTask(base.Task, generation.Generative):
     y_real = batch["label"].astype(jnp.int32)
     n = real.shape[0]
     step_key = jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), state.step)
-    keys = _example_keys(step_key, n, lax.axis_index(AXIS) * n)
+    keys = parallel.example_keys(step_key, n)
     d_aux = []
     for i in range(self.n_critic):
       state, aux = self._d_update(state, real, y_real, _fold_all(keys, i))
@@ -304,7 +299,7 @@ class GANTask(base.Task, generation.Generative):
     if self.class_weight:
       metrics["g_class"] = g_class
     metrics["loss"] = metrics["d_loss"] + g_loss
-    return state.replace(step=state.step + 1), lax.pmean(metrics, AXIS)
+    return state.replace(step=state.step + 1), parallel.mean(metrics)
 
   def eval_step(self, state, batch):
     """Sums of D's mean logits on real test images and on EMA samples."""
@@ -312,8 +307,7 @@ class GANTask(base.Task, generation.Generative):
     labels = batch["label"].astype(jnp.int32)
     mask = batch["mask"].astype(jnp.float32)
     n = real.shape[0]
-    keys = _example_keys(jax.random.PRNGKey(self.seed + 2), n,
-                         lax.axis_index(AXIS) * n)
+    keys = parallel.example_keys(jax.random.PRNGKey(self.seed + 2), n)
     z, _ = self.noise(keys)
     fake = self.sample(state, z, labels) * 2.0 - 1.0
     d_real, _ = self.d_apply(state.d_params, state.d_batch_stats, real, labels, False)

@@ -115,8 +115,7 @@ class ProbeTask(classify.ClassifyTask):
     del rng, batch
     self._data()
     head = {"kernel": jnp.asarray(self.probe.w), "bias": jnp.asarray(self.probe.b)}
-    return classify.TrainState(step=jnp.zeros((), jnp.int32), params={"head": head},
-                               batch_stats={}, opt_state=())
+    return classify.TrainState.create({"head": head}, None)  # never trained: no optimizer
 
   def summarize_eval(self, sums):
     out = super().summarize_eval(sums)

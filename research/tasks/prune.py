@@ -16,6 +16,8 @@ prunable parameters (those `prune.include` selects), in [0, 1].
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -33,10 +35,10 @@ class PruneTask(classify.ClassifyTask):
                        "(research.compress.pruning.SparsityConfig fields), got none")
     self.sparsity_config = pruning.SparsityConfig.from_dict(config.prune)
 
-  def init_state(self, rng, batch):
-    state = super().init_state(rng, batch)
-    self.tx = pruning.wrap(self.tx, self.sparsity_config)
-    return state.replace(opt_state=self.tx.init(state.params))
+  def optimizer(self, params, batch_stats):
+    """ClassifyTask's optimizer with its transformation wrapped by `pruning.wrap`."""
+    opt = super().optimizer(params, batch_stats)
+    return dataclasses.replace(opt, tx=pruning.wrap(opt.tx, self.sparsity_config))
 
   def train_step(self, state, batch, rng):
     state, metrics = super().train_step(state, batch, rng)

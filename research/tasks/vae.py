@@ -21,21 +21,17 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jax import lax
 
-from research import optim
+from research import optim, parallel
 from research.losses import elbo as elbo_lib
 from research.models import vae as vae_models
-from research.parallel import AXIS
 from research.tasks import base, generation
 from research.tasks.sample_grid import save_image_grid
+from research.tasks.train_state import Optimizer, TrainState
 
 
 # model.likelihood -> log p(x | z) per example from (decoder outputs, x, the fixed
@@ -46,13 +42,6 @@ LOG_LIKELIHOODS = {
     "gaussian_learned": lambda out, x, _: elbo_lib.gaussian_log_likelihood(out[0], x, out[1]),
     "logistic": lambda out, x, _: elbo_lib.discretized_logistic_log_likelihood(out[0], out[1], x),
 }
-
-
-@flax.struct.dataclass
-class VAEState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
 
 
 class VAETask(base.Task, generation.Generative):
@@ -133,9 +122,11 @@ class VAETask(base.Task, generation.Generative):
                        f"model.image_size/channels say {self.image_shape}")
     labels = jnp.zeros(x.shape[0], jnp.int32)
     params = self.model.init(rng, x, self._labels(labels), key=rng)["params"]
-    self.tx = optim.make(self.config.optimizer, params, self.config.num_steps)
-    return VAEState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=self.tx.init(params))
+    # optim.make applies optimizer.frozen / lr_mults; the update gates frozen gradients.
+    frozen = tuple(self.config.optimizer.get("frozen", ()) or ())
+    return TrainState.create(
+        params, Optimizer(optim.make(self.config.optimizer, params, self.config.num_steps),
+                          frozen))
 
   def summarize_eval(self, sums):
     out = super().summarize_eval(sums)
@@ -165,26 +156,22 @@ class VAETask(base.Task, generation.Generative):
             if self.kl_warmup_steps else 1.0)
     beta = self.beta * warm
 
-    def loss_fn(params):
-      ll, kl = self._bound_terms(params, x, labels, z_key)
+    def loss_fn(params, b, key):
+      ll, kl = self._bound_terms(params, b["x"], b["label"], key)
       loss = -jnp.mean(elbo_lib.elbo(ll, kl, beta))
       return loss, {"elbo": jnp.mean(ll - kl), "recon": jnp.mean(ll),
                     "kl": jnp.mean(kl)}
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = lax.pmean(grads, AXIS)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = lax.pmean({"loss": loss, "beta": jnp.asarray(beta, jnp.float32), **aux},
-                        AXIS)
+    params, opt_state, loss, aux = state.apply_loss(
+        loss_fn, {"x": x, "label": labels}, z_key, self.grad_accum_steps)
+    metrics = parallel.mean({"loss": loss, "beta": jnp.asarray(beta, jnp.float32), **aux})
     return state.replace(step=state.step + 1, params=params,
                          opt_state=opt_state), metrics
 
   def eval_step(self, state, batch):
     """Sums over real examples of the ELBO, its terms and the IWAE bound."""
     n = batch["image"].shape[0]
-    device_key = jax.random.fold_in(jax.random.PRNGKey(self.seed + 4),
-                                    lax.axis_index(AXIS))
+    device_key = parallel.device_key(jax.random.PRNGKey(self.seed + 4))
     bin_key, z_key, iwae_key = jax.random.split(device_key, 3)
     x = self.targets(bin_key, batch["image"])
     labels = batch["label"]
