@@ -71,12 +71,13 @@ def set_trainer_fields(c: ml_collections.ConfigDict, *, batch_size: int, eval_ba
                        **extra: Any) -> ml_collections.ConfigDict:
   """Sets the fields research/trainer.py reads (batching, budget, cadence, checkpoints,
   parallelism, progress, gradient accumulation: `grad_accum_steps` micro-batches per
-  update, research.tasks.train_state); `extra` sets others (e.g. best_mode). Returns `c`."""
+  update, research.tasks.train_state; mixed precision: `dtype` 'float32' or 'bfloat16',
+  research.models.compute_dtype); `extra` sets others (e.g. best_mode). Returns `c`."""
   c.update(dict(batch_size=batch_size, eval_batch_size=eval_batch_size, num_steps=num_steps,
                 log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
                 keep_checkpoints=keep_checkpoints, best_metric=best_metric, **extra,
                 parallel="pmap", progress=True, distributed=False, profile_steps="",
-                prefetch=2, grad_accum_steps=1))
+                prefetch=2, grad_accum_steps=1, dtype="float32"))
   return c
 
 

@@ -134,8 +134,15 @@ def _depthwise_vjp_bwd(stride, res, g):
   return dx, _depthwise_kernel_grad(stride, x, kernel, g)
 
 
+def _accumulation_dtype(dtype):
+  """float32 for bfloat16/float16 operands (products and sums as a convolution
+  accumulates them), else `dtype` itself (then the casts below are no-ops)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def _depthwise_kernel_grad(stride, x, kernel, g):
   kh, kw = kernel.shape[:2]
+  acc = _accumulation_dtype(x.dtype)
   ho, wo = g.shape[1:3]
   xp = jnp.pad(x, ((0, 0), _same_padding(x.shape[1], kh, stride),
                    _same_padding(x.shape[2], kw, stride), (0, 0)))
@@ -147,7 +154,7 @@ def _depthwise_kernel_grad(stride, x, kernel, g):
           xp, (0, i, j, 0),
           (xp.shape[0], i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1,
            xp.shape[3]), (1, stride, stride, 1))
-      cols.append(jnp.sum(patch * g, axis=(0, 1, 2)))
+      cols.append(jnp.sum(patch.astype(acc) * g.astype(acc), axis=(0, 1, 2)))
     rows.append(jnp.stack(cols))
   return jnp.stack(rows)[:, :, None, :].astype(kernel.dtype)
 
@@ -156,9 +163,14 @@ depthwise_conv2d.defvjp(_depthwise_vjp_fwd, _depthwise_vjp_bwd)
 
 
 def _shifted_sum(xp, kernel, stride, out_hw):
-  """sum_ij xp[:, i + s*h, j + s*w, :] * kernel[i, j, 0] (one loop fusion)."""
+  """sum_ij xp[:, i + s*h, j + s*w, :] * kernel[i, j, 0] (one loop fusion).
+
+  bfloat16 operands are multiplied and summed in float32 (as XLA's
+  convolution accumulates them) and the sum is rounded to bfloat16 once.
+  """
   kh, kw = kernel.shape[:2]
   ho, wo = out_hw
+  acc = _accumulation_dtype(xp.dtype)
   out = None
   for i in range(kh):
     for j in range(kw):
@@ -166,9 +178,9 @@ def _shifted_sum(xp, kernel, stride, out_hw):
           xp, (0, i, j, 0),
           (xp.shape[0], i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1,
            xp.shape[3]), (1, stride, stride, 1))
-      term = patch * kernel[i, j, 0]
+      term = patch.astype(acc) * kernel[i, j, 0].astype(acc)
       out = term if out is None else out + term
-  return out
+  return out.astype(xp.dtype)
 
 
 def _shifted_fwd(x, kernel, stride):
@@ -299,7 +311,10 @@ class EfficientNetLite(nn.Module):
       rounding (summation order). None (default): on when JAX's default
       backend is the CPU, off on GPU/TPU (whose grouped-conv kernels are
       fast); True/False force it (`uses_shifted_depthwise`).
-    dtype: computation dtype (parameters are float32).
+    dtype: computation dtype, float32 or bfloat16 (mixed precision: the
+      convolutions compute in bf16, including the shifted depthwise path,
+      which accumulates in float32). Parameters and BatchNorm statistics are
+      float32 either way; the returned logits and features are float32.
 
   Call: `model.apply(variables, x, train, return_features=False,
   use_running_average=None)` with `x` float32 [N, H, W, 3], normalised with

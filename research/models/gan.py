@@ -14,11 +14,15 @@ H = W in {28, 32} (more generally H = base * 2^k with base in {4, 7}) and any C.
   power-iteration vectors live in the `batch_stats` collection and advance
   when `train=True` (apply with `mutable=['batch_stats']`). Conditioning is the
   projection discriminator (Miyato & Koyama 2018): logit = psi(h) + <embed(y), h>.
+
+Both take `dtype`, the computation dtype (bfloat16 for mixed precision).
+Parameters, BatchNorm statistics and spectral-norm vectors are float32 either
+way, and so are the generated images and the discriminator's logits/features.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -46,16 +50,17 @@ class ConditionalBatchNorm(nn.Module):
   num_classes: int
   momentum: float = 0.9
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, labels, train: bool):
     features = x.shape[-1]
     x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                     use_scale=False, use_bias=False,
+                     use_scale=False, use_bias=False, dtype=self.dtype,
                      axis_name=self.axis_name if train else None)(x)
-    gamma = nn.Embed(self.num_classes, features, name="gamma",
+    gamma = nn.Embed(self.num_classes, features, name="gamma", dtype=self.dtype,
                      embedding_init=nn.initializers.ones)(labels)
-    beta = nn.Embed(self.num_classes, features, name="beta",
+    beta = nn.Embed(self.num_classes, features, name="beta", dtype=self.dtype,
                     embedding_init=nn.initializers.zeros)(labels)
     return x * gamma[:, None, None, :] + beta[:, None, None, :]
 
@@ -73,6 +78,7 @@ class Generator(nn.Module):
     fast_strided_convs: compute the transposed convs as stride-1 convs +
       depth-to-space (`research.models.strided_conv`; same function and
       parameters, much faster gradients on the CPU).
+    dtype: computation dtype (float32, or bfloat16 for mixed precision).
   """
   image_size: int = 28
   channels: int = 1
@@ -81,12 +87,14 @@ class Generator(nn.Module):
   conditioning: Optional[str] = None
   axis_name: Optional[str] = None
   fast_strided_convs: bool = True
+  dtype: Any = jnp.float32
 
   def _up(self, features, name):
     if self.fast_strided_convs:
-      return strided_conv.SubpixelConvTranspose(features, (4, 4), name=name)
+      return strided_conv.SubpixelConvTranspose(features, (4, 4), dtype=self.dtype,
+                                                name=name)
     return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME",
-                            name=name)
+                            dtype=self.dtype, name=name)
 
   @nn.compact
   def __call__(self, z, labels=None, train: bool = False):
@@ -105,19 +113,20 @@ class Generator(nn.Module):
     def norm_relu(h, name):
       if self.conditioning == "cbn":
         h = ConditionalBatchNorm(self.num_classes, axis_name=self.axis_name,
-                                 name=name)(h, labels, train)
+                                 dtype=self.dtype, name=name)(h, labels, train)
       else:
         h = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          axis_name=self.axis_name if train else None,
-                         name=name)(h)
+                         dtype=self.dtype, name=name)(h)
       return nn.relu(h)
 
     if self.conditioning == "embed":
       z = jnp.concatenate(
-          [z, nn.Embed(self.num_classes, z.shape[-1], name="label_embed")(labels)],
+          [z, nn.Embed(self.num_classes, z.shape[-1], dtype=self.dtype,
+                       name="label_embed")(labels).astype(z.dtype)],
           axis=-1)
     top = self.width * 2 ** (steps - 1)
-    h = nn.Dense(base * base * top, name="project")(z)
+    h = nn.Dense(base * base * top, dtype=self.dtype, name="project")(z)
     h = norm_relu(h.reshape(z.shape[0], base, base, top), "bn_project")
     for i in range(steps - 1):
       h = self._up(top // 2 ** (i + 1), f"up_{i}")(h)
@@ -137,6 +146,8 @@ class Discriminator(nn.Module):
     num_downsamples: stride-2 stages (2 for 28x28 -> 7x7, 3 for 32 -> 4).
     fast_strided_convs: compute the stride-2 convs on the space-to-depth
       input (`research.models.strided_conv`; same function and parameters).
+    dtype: computation dtype (float32, or bfloat16 for mixed precision); the
+      spectral norm's power iteration runs on the float32 parameters.
   """
   width: int = 64
   num_classes: int = 10
@@ -144,6 +155,7 @@ class Discriminator(nn.Module):
   spectral_norm: bool = False
   num_downsamples: int = 2
   fast_strided_convs: bool = True
+  dtype: Any = jnp.float32
 
   def _layer(self, layer, x, train):
     if self.spectral_norm:
@@ -163,21 +175,25 @@ class Discriminator(nn.Module):
       raise ValueError("models.gan.Discriminator: conditional=True needs "
                        "labels, got None")
     h = images
-    h = nn.leaky_relu(self._layer(nn.Conv(self.width, (3, 3), name="stem"),
+    h = nn.leaky_relu(self._layer(nn.Conv(self.width, (3, 3), dtype=self.dtype,
+                                          name="stem"),
                                   h, train), 0.1)
     for i in range(self.num_downsamples):
       w = self.width * 2 ** (i + 1)
       conv = strided_conv.conv_s2d if self.fast_strided_convs else None
       h = self._layer(nn.Conv(w, (4, 4), strides=(2, 2), name=f"down_{i}",
-                              conv_general_dilated=conv), h, train)
+                              conv_general_dilated=conv, dtype=self.dtype), h, train)
       h = nn.leaky_relu(h, 0.1)
-      h = self._layer(nn.Conv(w, (3, 3), name=f"conv_{i}"), h, train)
+      h = self._layer(nn.Conv(w, (3, 3), dtype=self.dtype, name=f"conv_{i}"), h,
+                      train)
       h = nn.leaky_relu(h, 0.1)
     features = jnp.sum(h, axis=(1, 2))  # SNGAN's global sum pooling
-    logits = self._layer(nn.Dense(1, name="head"), features, train)[:, 0]
+    logits = self._layer(nn.Dense(1, dtype=self.dtype, name="head"), features,
+                         train)[:, 0]
     if self.conditional:
-      embed = nn.Embed(self.num_classes, features.shape[-1],
+      embed = nn.Embed(self.num_classes, features.shape[-1], dtype=self.dtype,
                        name="projection")(labels)
       logits = logits + jnp.sum(embed * features, axis=-1)
-    logits = logits.astype(jnp.float32)
+    # Losses in float32 (no-ops when computing in float32).
+    logits, features = logits.astype(jnp.float32), features.astype(jnp.float32)
     return (logits, features) if return_features else logits

@@ -155,7 +155,9 @@ def conv_transpose_subpixel(x, kernel, strides: Sequence[int],
 class SubpixelConvTranspose(nn.Module):
   """`nn.ConvTranspose` (same parameters: `kernel` [kh, kw, in, out] and
   `bias` [out], same initializers) computed by `conv_transpose_subpixel`.
-  Name it as the ConvTranspose it replaces to keep checkpoints compatible."""
+  Name it as the ConvTranspose it replaces to keep checkpoints compatible.
+  `dtype`: the computation dtype (None: the input's), as nn.ConvTranspose's;
+  parameters are float32 either way."""
   features: int
   kernel_size: Sequence[int]
   strides: Sequence[int] = (2, 2)
@@ -164,9 +166,12 @@ class SubpixelConvTranspose(nn.Module):
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
   precision: Optional[Any] = None
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x):
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
     kernel = self.param('kernel', self.kernel_init,
                         tuple(self.kernel_size) + (x.shape[-1], self.features))
     y = conv_transpose_subpixel(x, kernel.astype(x.dtype), self.strides,

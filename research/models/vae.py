@@ -1,7 +1,8 @@
 """Convolutional VAE encoder/decoder, optionally class-conditional.
 
 Images are float32 [N, H, W, C] in [0, 1] with H and W divisible by 4 (28, 32).
-The model returns distribution *parameters* only; likelihoods, KL and bounds
+The model returns distribution *parameters* only, float32 whatever the
+computation `dtype` (bfloat16 for mixed precision); likelihoods, KL and bounds
 are in `research.losses.elbo`.
 
 Decoder outputs per `likelihood`:
@@ -12,7 +13,7 @@ Decoder outputs per `likelihood`:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -30,26 +31,28 @@ def _condition(h, labels, num_classes):
 
 
 class Encoder(nn.Module):
-  """Conv(w, s2) -> Conv(2w, s2) -> Dense(hidden) -> (mean, log_var) [N, latent]."""
+  """Conv(w, s2) -> Conv(2w, s2) -> Dense(hidden) -> (mean, log_var), float32 [N, latent]."""
   latent_dim: int = 16
   width: int = 32
   hidden: int = 256
   num_classes: Optional[int] = None  # set for a conditional encoder q(z|x,y)
   fast_strided_convs: bool = True
+  dtype: Any = jnp.float32  # computation dtype; parameters are float32
 
   @nn.compact
   def __call__(self, x, labels=None):
     conv = dict(conv_general_dilated=strided_conv.conv_s2d
-                if self.fast_strided_convs else None)
+                if self.fast_strided_convs else None, dtype=self.dtype)
     h = nn.relu(nn.Conv(self.width, (4, 4), strides=(2, 2), **conv)(x))
     h = nn.relu(nn.Conv(2 * self.width, (4, 4), strides=(2, 2), **conv)(h))
     h = h.reshape(h.shape[0], -1)
     if self.num_classes:
       h = _condition(h, labels, self.num_classes)
-    h = nn.relu(nn.Dense(self.hidden)(h))
-    mean = nn.Dense(self.latent_dim, name="mean")(h)
-    log_var = nn.Dense(self.latent_dim, name="log_var")(h)
-    return mean, log_var
+    h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(h))
+    mean = nn.Dense(self.latent_dim, dtype=self.dtype, name="mean")(h)
+    log_var = nn.Dense(self.latent_dim, dtype=self.dtype, name="log_var")(h)
+    # The KL term and the sampled z in float32 (a no-op when computing in float32).
+    return mean.astype(jnp.float32), log_var.astype(jnp.float32)
 
 
 class Decoder(nn.Module):
@@ -60,21 +63,23 @@ class Decoder(nn.Module):
   likelihood: str = "bernoulli"
   num_classes: Optional[int] = None  # set for a conditional decoder p(x|z,y)
   fast_strided_convs: bool = True
+  dtype: Any = jnp.float32  # computation dtype; parameters and outputs are float32
 
   def _conv_transpose(self, features, index):
     if self.fast_strided_convs:
       # Same parameters and names as nn.ConvTranspose (checkpoints load).
       return strided_conv.SubpixelConvTranspose(
-          features, (4, 4), name=f"ConvTranspose_{index}")
-    return nn.ConvTranspose(features, (4, 4), strides=(2, 2),
+          features, (4, 4), dtype=self.dtype, name=f"ConvTranspose_{index}")
+    return nn.ConvTranspose(features, (4, 4), strides=(2, 2), dtype=self.dtype,
                             name=f"ConvTranspose_{index}")
 
   @nn.compact
   def __call__(self, z, labels=None):
     height, width, channels = self.image_shape
     h = _condition(z, labels, self.num_classes) if self.num_classes else z
-    h = nn.relu(nn.Dense(self.hidden)(h))
-    h = nn.relu(nn.Dense(height // 4 * width // 4 * 2 * self.width)(h))
+    h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(h))
+    h = nn.relu(nn.Dense(height // 4 * width // 4 * 2 * self.width,
+                         dtype=self.dtype)(h))
     h = h.reshape(z.shape[0], height // 4, width // 4, 2 * self.width)
     h = nn.relu(self._conv_transpose(self.width, 0)(h))
     two = self.likelihood in ("gaussian_learned", "logistic")
@@ -102,6 +107,8 @@ class VAE(nn.Module):
       stride-1 convs (`research.models.strided_conv`): the same function and
       parameters; XLA on the CPU runs their gradients on a slow path
       otherwise (the train step was ~4x slower than PyTorch's).
+    dtype: computation dtype (float32, or bfloat16 for mixed precision);
+      parameters, (mean, log_var) and the decoder's outputs are float32.
   """
   image_shape: tuple[int, int, int] = (28, 28, 1)
   latent_dim: int = 16
@@ -110,6 +117,7 @@ class VAE(nn.Module):
   likelihood: str = "bernoulli"
   num_classes: Optional[int] = None
   fast_strided_convs: bool = True
+  dtype: Any = jnp.float32
 
   def setup(self):
     if self.likelihood not in LIKELIHOODS:
@@ -119,10 +127,10 @@ class VAE(nn.Module):
       raise ValueError(f"models.vae.VAE: image height and width must be "
                        f"divisible by 4, got {self.image_shape}")
     self.encoder = Encoder(self.latent_dim, self.width, self.hidden,
-                           self.num_classes, self.fast_strided_convs)
+                           self.num_classes, self.fast_strided_convs, self.dtype)
     self.decoder = Decoder(tuple(self.image_shape), self.width, self.hidden,
                            self.likelihood, self.num_classes,
-                           self.fast_strided_convs)
+                           self.fast_strided_convs, self.dtype)
 
   def encode(self, x, labels=None):
     """x: float [N, H, W, C] in [0, 1] -> (mean, log_var), each [N, latent]."""

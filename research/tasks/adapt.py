@@ -128,7 +128,7 @@ class AdaptTask(classify.ClassifyTask):
       raise ValueError(f"adapt: grad_accum_steps={self.grad_accum_steps} is not supported "
                        f"(the adaptation terms are statistics of the whole per-device "
                        f"batch); use 1")
-    self.discriminator = self.adapt.discriminator()
+    self.discriminator = self.adapt.discriminator(self.model.dtype)
     self.target_cfg = config.target
 
   # ---- host side ----

@@ -81,15 +81,17 @@ class MethodConfig:
       return domain.grl_schedule(progress, self.gamma)
     return jnp.ones((), jnp.float32)
 
-  def discriminator(self):
-    """The domain classifier module, or None for methods without one."""
+  def discriminator(self, dtype=jnp.float32):
+    """The domain classifier module computing in `dtype` (the classifier's), or
+    None for methods without one."""
     if self.method not in NEEDS_DISC:
       return None
     if self.disc_input == "inputs":
       # A small CNN on the images (no shared features with the classifier).
-      return models.get_model("small_cnn", num_classes=1, width=self.disc_width)
+      return models.get_model("small_cnn", num_classes=1, width=self.disc_width,
+                              dtype=dtype)
     return models.get_model("domain_discriminator", hidden=self.disc_hidden,
-                            depth=self.disc_depth)
+                            depth=self.disc_depth, dtype=dtype)
 
   def cdan_matrices(self, feature_dim: int, num_classes: int):
     """(R_f, R_g) when CDAN's map is randomized (d_f * d_g > threshold), else None."""

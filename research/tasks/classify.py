@@ -75,7 +75,9 @@ class ClassifyTask(base.Task):
     kwargs = dict(config.model)
     name = kwargs.pop("name")
     self.num_classes = kwargs.get("num_classes", 10)
-    self.model = models.get_model(name, axis_name=parallel.batchnorm_axis_name(), **kwargs)
+    self.model = models.get_model(name, axis_name=parallel.batchnorm_axis_name(),
+                                  dtype=models.compute_dtype(config.get("dtype", "float32")),
+                                  **kwargs)
     self.input_cfg = config.get("input", {})
     spec = config.get("augment", "")
     self.augment = None

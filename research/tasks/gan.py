@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from research import optim, parallel
+from research import models, optim, parallel
 from research.losses import adversarial
 from research.models import gan as gan_models
 from research.tasks import base, generation, train_state
@@ -81,15 +81,16 @@ class GANTask(base.Task, generation.Generative):
     self.conditional = bool(m.get("conditional", False))
     self.image_shape = (m.image_size, m.image_size, m.channels)
     g, d = m.generator, m.discriminator
+    dtype = models.compute_dtype(config.get("dtype", "float32"))
     self.generator = gan_models.Generator(
         image_size=m.image_size, channels=m.channels, width=g.width,
         num_classes=self.num_classes,
         conditioning=g.get("conditioning", "cbn") if self.conditional else None,
-        axis_name=parallel.batchnorm_axis_name())
+        axis_name=parallel.batchnorm_axis_name(), dtype=dtype)
     self.discriminator = gan_models.Discriminator(
         width=d.width, num_classes=self.num_classes, conditional=self.conditional,
         spectral_norm=d.get("spectral_norm", False),
-        num_downsamples=d.get("num_downsamples", 2))
+        num_downsamples=d.get("num_downsamples", 2), dtype=dtype)
     self.loss_kind = config.get("loss", "non_saturating")
     if self.loss_kind not in adversarial.kinds():
       raise ValueError(f"gan task: loss must be one of {adversarial.kinds()}, got "

@@ -59,7 +59,8 @@ class ProbeTask(classify.ClassifyTask):
     out = {}
     for k, split in splits.items():
       key = features.FeatureKey(
-          weights=wh, model=self.config.model.name,
+          weights=wh, model=self.config.model.name + (  # bf16 features are other features
+              "" if self.model.dtype == jnp.float32 else f"/{self.config.dtype}"),
           input_size=int(self.input_cfg.get("size", 0)),
           normalize=(f"{self.input_cfg.get('normalize', 'unit')}"
                      f"/c{self.input_cfg.get('channels', 0)}"),

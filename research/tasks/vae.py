@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import optim, parallel
+from research import models, optim, parallel
 from research.losses import elbo as elbo_lib
 from research.models import vae as vae_models
 from research.tasks import base, generation
@@ -60,7 +60,8 @@ class VAETask(base.Task, generation.Generative):
     self.model = vae_models.VAE(
         image_shape=self.image_shape, latent_dim=m.latent_dim, width=m.width,
         hidden=m.hidden, likelihood=self.likelihood,
-        num_classes=self.num_classes if self.conditional else None)
+        num_classes=self.num_classes if self.conditional else None,
+        dtype=models.compute_dtype(config.get("dtype", "float32")))
     self.binarize = bool(config.get("binarize", True)) and self.likelihood == "bernoulli"
     self.gaussian_log_scale = config.get("gaussian_log_scale", math.log(0.1))
     self.beta = config.get("beta", 1.0)
