@@ -5,9 +5,10 @@
       --sweep "mnist5k->uci_digits=runs/adapt_uci" \
       --sweep "mnist5k->uci_digits=runs/adapt_uci_frame:+ framing"
 
-Each --sweep is PAIR=ROOT[:SUFFIX]: every finished run under ROOT (a
-results.json and the overrides in its sweep workdir name, method=...,seed=...)
-is one row of its method (SUFFIX appended to the method name). Final-step
+Each --sweep is PAIR=ROOT[:SUFFIX]: every finished run under ROOT (or the run
+directories ROOT matches when it is a glob pattern) is one row of its method
+(adapt.method and seed from the run's config.json; SUFFIX appended to the
+method name). Final-step
 numbers only. Writes OUT/results.csv with pair, method, n,
 target_accuracy_mean/std, source_accuracy_mean/std, target_val_accuracy_mean,
 gain_over_source_only, gap_closed (= (method - source_only) / (oracle -
@@ -26,13 +27,23 @@ import numpy as np
 
 
 def _runs(root: str) -> list[dict]:
+  """Finished runs under ROOT (its run directories), or the run directories a glob
+  pattern ROOT names (e.g. 'runs/budget/num_steps=1200,*'). Method and seed come
+  from each run's config.json (adapt.method, seed), else from its directory name."""
+  pattern = root if glob.has_magic(root) else os.path.join(root, "*")
   rows = []
-  for path in sorted(glob.glob(os.path.join(root, "*", "results.json"))):
+  for path in sorted(glob.glob(os.path.join(pattern, "results.json"))):
     name = os.path.basename(os.path.dirname(path))
     fields = dict(p.split("=", 1) for p in name.split(",") if "=" in p)
+    config_path = os.path.join(os.path.dirname(path), "config.json")
+    if os.path.exists(config_path):
+      with open(config_path) as f:
+        config = json.load(f)
+      fields = {"method": config.get("adapt", {}).get("method", fields.get("method", "?")),
+                "seed": config.get("seed", fields.get("seed", 0))}
     with open(path) as f:
       res = json.load(f)
-    rows.append({"method": fields.get("method", "?").replace("-", "_"),
+    rows.append({"method": str(fields.get("method", "?")).replace("-", "_"),
                  "seed": int(fields.get("seed", 0)), "accuracy": res["accuracy"],
                  "source_accuracy": res.get("source_accuracy", np.nan),
                  "target_val_accuracy": res.get("target_val_accuracy", np.nan)})
@@ -117,15 +128,18 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--sweep", action="append", required=True, help="PAIR=ROOT[:SUFFIX]")
+  parser.add_argument("--sweep", action="append", required=True,
+                      help="PAIR=ROOT[:SUFFIX]; ROOT a sweep root or a glob of run directories")
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
   sweeps = []
   for s in args.sweep:
     pair, _, rest = s.partition("=")
     root, _, suffix = rest.partition(":")
-    if not pair or not os.path.isdir(root):
-      raise SystemExit(f"--sweep {s!r}: expected PAIR=ROOT[:SUFFIX] with an existing ROOT")
+    exists = glob.glob(root) if glob.has_magic(root) else os.path.isdir(root)
+    if not pair or not exists:
+      raise SystemExit(f"--sweep {s!r}: expected PAIR=ROOT[:SUFFIX] with an existing ROOT "
+                       f"(or a glob pattern matching run directories)")
     sweeps.append((pair, root, suffix))
   rows = table(sweeps)
   os.makedirs(args.out, exist_ok=True)
