@@ -31,13 +31,43 @@ def _check(fast, ref, x, k):
     (28, 4, 'SAME'), (14, 4, 'SAME'), (15, 4, 'SAME'), (16, 2, 'VALID'),
     (13, 6, 'SAME'), (12, 4, ((1, 2), (0, 1))), (9, 4, 'VALID'),
 ])
-def test_conv_s2d_matches_lax(size, kernel, padding):
-  x, k = _data((3, size, size + 1, 5), (kernel, kernel, 5, 7))
+@pytest.mark.parametrize('channels', [1, 4, 5])  # patches matmul, lax
+def test_conv_s2d_matches_lax(size, kernel, padding, channels):
+  x, k = _data((3, size, size + 1, channels), (kernel, kernel, channels, 7))
   ref = lambda x, k: lax.conv_general_dilated(
       x, k, (2, 2), padding, dimension_numbers=NHWC)
   fast = lambda x, k: strided_conv.conv_s2d(
       x, k, (2, 2), padding, dimension_numbers=NHWC)
   _check(fast, ref, x, k)
+
+
+def _eqns(jaxpr):
+  """Every equation of `jaxpr`, including those inside called sub-jaxprs."""
+  for e in jaxpr.eqns:
+    yield e
+    for v in e.params.values():
+      sub = getattr(v, 'jaxpr', v)
+      if hasattr(sub, 'eqns'):
+        yield from _eqns(sub)
+
+
+def _primitives(fn, *args):
+  return {e.primitive.name for e in _eqns(jax.make_jaxpr(fn)(*args).jaxpr)}
+
+
+def test_conv_s2d_path_by_channels():
+  """Up to PATCHES_MAX_CHANNELS input channels: one matmul, no conv; more:
+  lax's stride-2 conv itself (bitwise)."""
+  c = strided_conv.PATCHES_MAX_CHANNELS
+  f = lambda x, k: strided_conv.conv_s2d(x, k, (2, 2), 'SAME',
+                                         dimension_numbers=NHWC)
+  x, k = _data((2, 28, 28, c), (4, 4, c, 8))
+  prims = _primitives(f, x, k)
+  assert 'dot_general' in prims and 'conv_general_dilated' not in prims
+  x, k = _data((2, 14, 14, c + 1), (4, 4, c + 1, 8))
+  np.testing.assert_array_equal(
+      f(x, k), lax.conv_general_dilated(x, k, (2, 2), 'SAME',
+                                        dimension_numbers=NHWC))
 
 
 def test_conv_s2d_falls_back_for_other_convs():
@@ -54,14 +84,45 @@ def test_conv_s2d_falls_back_for_other_convs():
     (7, 4, 'SAME'), (14, 4, 'SAME'), (6, 3, 'SAME'), (5, 5, 'SAME'),
     (7, 4, 'VALID'), (6, 2, 'SAME'), (4, 3, 'VALID'),
 ])
-def test_conv_transpose_subpixel_matches_lax(size, kernel, padding):
-  x, k = _data((2, size, size + 2, 6), (kernel, kernel, 6, 3), seed=1)
+@pytest.mark.parametrize('features', [3, 8])  # lax, one conv per phase
+def test_conv_transpose_subpixel_matches_lax(size, kernel, padding, features):
+  x, k = _data((2, size, size + 2, 6), (kernel, kernel, 6, features), seed=1)
   ref = lambda x, k: lax.conv_transpose(x, k, (2, 2), padding,
                                         dimension_numbers=NHWC)
   fast = lambda x, k: strided_conv.conv_transpose_subpixel(
       x, k, (2, 2), padding)
   assert fast(x, k).shape == ref(x, k).shape
   _check(fast, ref, x, k)
+
+
+def test_conv_transpose_one_tap_kernel_matches_lax():
+  """Kernel 1 < stride: the odd output phases have no taps (zeros)."""
+  x, k = _data((2, 5, 6, 3), (1, 1, 3, 8), seed=4)
+  for padding in ('SAME', 'VALID'):
+    ref = lambda x, k, p=padding: lax.conv_transpose(
+        x, k, (2, 2), p, dimension_numbers=NHWC)
+    fast = lambda x, k, p=padding: strided_conv.conv_transpose_subpixel(
+        x, k, (2, 2), p)
+    assert fast(x, k).shape == ref(x, k).shape
+    _check(fast, ref, x, k)
+
+
+def test_conv_transpose_path_by_features():
+  """Up to LAX_TRANSPOSE_MAX_FEATURES outputs: lax's op itself (bitwise);
+  more: four stride-1 convs (one per output phase), no dilated conv."""
+  o = strided_conv.LAX_TRANSPOSE_MAX_FEATURES
+  f = lambda x, k: strided_conv.conv_transpose_subpixel(x, k, (2, 2), 'SAME')
+  x, k = _data((2, 14, 14, 6), (4, 4, 6, o), seed=2)
+  np.testing.assert_array_equal(
+      f(x, k), lax.conv_transpose(x, k, (2, 2), 'SAME', dimension_numbers=NHWC))
+  x, k = _data((2, 7, 7, 6), (4, 4, 6, o + 1), seed=2)
+  convs = [e for e in _eqns(jax.make_jaxpr(f)(x, k).jaxpr)
+           if e.primitive.name == 'conv_general_dilated']
+  assert len(convs) == 4
+  for e in convs:
+    assert tuple(e.params['lhs_dilation']) == (1, 1)
+    assert tuple(e.params['window_strides']) == (1, 1)
+    assert e.invars[1].aval.shape[:2] == (2, 2)  # only the phase's taps
 
 
 def test_subpixel_module_is_flax_conv_transpose():
