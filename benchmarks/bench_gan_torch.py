@@ -46,7 +46,7 @@ import time
 
 import numpy as np
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 CONFIG = os.path.join(REPO, "configs", "mnist5k_cgan.py")
 DOCS = os.path.join(REPO, "research", "docs", "bench_gan_torch_results")
 

@@ -5,7 +5,7 @@ mnist5k test images) of each and whether they agree within 1 nat, and
 wall-clock seconds per epoch as a ratio torch / ours.
 
   python benchmarks/bench_vae_torch.py [--epochs 40] [--seeds 0,1,2] [--threads 2] \
-      [--out runs/bench_vae_torch] [--copy_init]
+      [--out runs/bench_vae_torch] [--copy_init] [--docs]
 
 The peer is a plain PyTorch model (`make_torch_vae` in tests/reference/torch_vae.py,
 the reference the tests check our VAE against), not pythae:
@@ -75,6 +75,7 @@ imports torch.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -87,6 +88,8 @@ import numpy as np
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                       "mnist5k_vae.py")
 EVAL_BATCH = 200  # the config's eval_batch_size
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "research", "docs",
+                    "bench_vae_torch_results")
 
 
 # ---------------------------------------------------------------- the PyTorch peer
@@ -310,7 +313,7 @@ def markdown(summary: dict, seeds, meta: dict) -> str:
       f"VAE on mnist5k, {meta['epochs']} epochs x {meta['steps_per_epoch']} steps "
       f"(batch 128), torch {meta['torch_version']} ({meta['torch_threads']} threads), "
       f"jax {meta['jax_version']} (XLA pool: {meta['visible_cores']} visible cores), "
-      f"CPU: {meta.get('cpu', 'not recorded')}",
+      f"CPU: {meta.get('cpu', 'not recorded')}, {meta.get('date', '')}",
       "",
       "| framework | seeds | test ELBO (nats, mean ± std) | s/epoch (median) | ratio torch/ours "
       "| CPU s/epoch (median) | CPU ratio |",
@@ -342,6 +345,8 @@ def main(argv=None) -> int:
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
   p.add_argument("--out", default="runs/bench_vae_torch")
+  p.add_argument("--docs", action="store_true",
+                 help="also write research/docs/bench_vae_torch_results.{json,md}")
   p.add_argument("--copy_init", action="store_true",
                  help="start torch from our initial parameters instead of its own init")
   args = p.parse_args(argv)
@@ -365,7 +370,7 @@ def main(argv=None) -> int:
           "torch_threads": torch.get_num_threads(), "jax_version": jax.__version__,
           "jax_devices": str(jax.local_devices()[:1]), "visible_cores": cores,
           "copy_init": args.copy_init, "load_average_start": os.getloadavg(),
-          "cpu": timing.cpu_model()}
+          "cpu": timing.cpu_model(), "date": datetime.date.today().isoformat()}
 
   results = []
   t0 = time.perf_counter()
@@ -377,13 +382,14 @@ def main(argv=None) -> int:
   summary = summarize(results)
   table = markdown(summary, seeds, meta)
   print("\n" + table, flush=True)
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "results.md"), "w") as f:
-    f.write(table)
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump({"meta": meta, "summary": summary, "runs": results}, f, indent=2)
-  print(f"wrote {args.out}/results.md and results.json "
-        f"({meta['wall_seconds']:.0f} s wall)", flush=True)
+  stems = [os.path.join(args.out, "results")] + ([DOCS] if args.docs else [])
+  for stem in stems:
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    with open(stem + ".md", "w") as f:
+      f.write(table)
+    with open(stem + ".json", "w") as f:
+      json.dump({"meta": meta, "summary": summary, "runs": results}, f, indent=2)
+    print(f"wrote {stem}.md and .json ({meta['wall_seconds']:.0f} s wall)", flush=True)
   return 0
 
 
