@@ -62,11 +62,7 @@ def _pair(args) -> str:
 
 
 def get_config(arg: str = ""):
-  args = set(filter(None, arg.split(",")))
-  unknown = args - set(_VARIANTS)
-  if unknown:
-    raise ValueError(f"configs/digits_adapt.py: unknown variant(s) {sorted(unknown)}; "
-                     f"valid: {', '.join(_VARIANTS)}")
+  args = config_lib.variants(arg, _VARIANTS, __file__)
   pair = _pair(args)
   classify = config_lib.load_module(
       os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist5k_classify.py"),
@@ -118,10 +114,7 @@ def get_config(arg: str = ""):
   if "frame" in args:  # the source in the target's frame: bbox -> 8x8, 17 levels -> 28x28
     c.data.update(dict(frame="bbox", frame_size=8, frame_threshold=0, frame_levels=17))
   if "quick" in args:
-    c.num_steps = 40
-    c.eval_every = 20
-    c.checkpoint_every = 20
-    c.log_every = 10
+    c.update(dict(num_steps=40, eval_every=20, checkpoint_every=20, log_every=10))
   return c
 
 

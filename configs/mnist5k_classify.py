@@ -18,12 +18,9 @@ VARIANTS = ("quick", "resnet18", "augment")
 
 def get_config(arg: str = ""):
   args = config_lib.variants(arg, VARIANTS, __file__)
-  c = ml_collections.ConfigDict()
-  c.task = "classify"
-  c.seed = 0
-  c.data = config_lib.data_config("mnist5k")
-  c.input = ml_collections.ConfigDict(dict(size=0, channels=0, normalize="unit"))
-  c.model = ml_collections.ConfigDict(dict(name="small_cnn", num_classes=10, width=32, dropout=0.3))
+  c = config_lib.task_config(
+      "classify", input=dict(size=0, channels=0, normalize="unit"),
+      model=dict(name="small_cnn", num_classes=10, width=32, dropout=0.3))
   c.augment = ""
   c.mix = "none"
   c.mix_alpha = 1.0
@@ -42,10 +39,7 @@ def get_config(arg: str = ""):
   if "augment" in args:
     c.augment = "affine(rotate=10,translate=0.1,scale=0.1)|random_erasing(p=0.25)"
   if "quick" in args:
-    c.num_steps = 60
-    c.log_every = 20
-    c.eval_every = 30
-    c.checkpoint_every = 30
+    c.update(dict(num_steps=60, log_every=20, eval_every=30, checkpoint_every=30))
     c.optimizer.warmup_steps = 10
     if "resnet18" in args:
       c.model.width = 8

@@ -20,8 +20,5 @@ def get_config(arg: str = ""):
   c = _vae.vae_base(args - {"cpu"})
   c.model.conditional = True
   if "cpu" in args:
-    c.num_steps = 2500
-    c.kl_warmup_steps = 500
-    c.eval_every = 2500
-    c.checkpoint_every = 500
+    c.update(dict(num_steps=2500, kl_warmup_steps=500, eval_every=2500, checkpoint_every=500))
   return c

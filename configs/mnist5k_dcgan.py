@@ -37,13 +37,8 @@ def make_quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.latent_dim = 16
   c.model.generator.width = 8
   c.model.discriminator.width = 8
-  c.batch_size = 16
-  c.eval_batch_size = 200
-  c.num_steps = 4
-  c.log_every = 2
-  c.eval_every = 4
-  c.checkpoint_every = 4
-  c.progress = False
+  c.update(dict(batch_size=16, eval_batch_size=200, num_steps=4, log_every=2, eval_every=4,
+                checkpoint_every=4, progress=False))
   return c
 
 

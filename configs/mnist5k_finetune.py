@@ -37,19 +37,11 @@ _VARIANTS = ("full", "linear_probe", "partial", "llrd", "scratch", "fewshot", "q
 
 
 def get_config(arg: str = ""):
-  args = set(filter(None, arg.split(",")))
-  unknown = args - set(_VARIANTS)
-  if unknown:
-    raise ValueError(f"configs/mnist5k_finetune.py: unknown variant(s) {sorted(unknown)}; "
-                     f"valid: {', '.join(_VARIANTS)}")
-  c = ml_collections.ConfigDict()
-  c.task = "classify"
-  c.seed = 0
-  c.data = config_lib.data_config("mnist5k")
-  c.input = ml_collections.ConfigDict(dict(size=32, channels=3, normalize="imagenet"))
-  c.model = ml_collections.ConfigDict(dict(
-      name="efficientnet_lite0", num_classes=10, dropout_rate=0.2, drop_connect_rate=0.2,
-      bn_momentum=0.9))
+  args = config_lib.variants(arg, _VARIANTS, __file__)
+  c = config_lib.task_config(
+      "classify", input=dict(size=32, channels=3, normalize="imagenet"),
+      model=dict(name="efficientnet_lite0", num_classes=10, dropout_rate=0.2,
+                 drop_connect_rate=0.2, bn_momentum=0.9))
   c.init = ml_collections.ConfigDict(dict(checkpoint="efficientnet_lite0",
                                           dont_load=("head/.*",)))
   c.bn_mode = "train"
@@ -87,10 +79,6 @@ def get_config(arg: str = ""):
     c.eval_every = c.checkpoint_every = 50
     c.parallel = "shard_map"
   if "quick" in args:
-    c.num_steps = 20
-    c.batch_size = 32
-    c.log_every = 5
-    c.eval_every = 20
-    c.checkpoint_every = 20
+    c.update(dict(num_steps=20, batch_size=32, log_every=5, eval_every=20, checkpoint_every=20))
     c.optimizer.warmup_steps = 2
   return c

@@ -42,16 +42,9 @@ def vae_base(args) -> ml_collections.ConfigDict:
     c.iwae_chunk = 50
   if "quick" in args:
     c.model.update(dict(latent_dim=4, width=8, hidden=32))
-    c.batch_size = 32
-    c.num_steps = 4
-    c.kl_warmup_steps = 2
     c.optimizer.warmup_steps = 1
-    c.iwae_samples = 10
-    c.iwae_chunk = 5
-    c.log_every = 2
-    c.eval_every = 4
-    c.checkpoint_every = 4
-    c.progress = False
+    c.update(dict(batch_size=32, num_steps=4, kl_warmup_steps=2, iwae_samples=10, iwae_chunk=5,
+                  log_every=2, eval_every=4, checkpoint_every=4, progress=False))
   return c
 
 

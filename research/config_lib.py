@@ -30,6 +30,18 @@ def data_config(name: str = "mnist5k", **fields: Any) -> ml_collections.ConfigDi
   return c
 
 
+def task_config(task: str, *, model: dict, input: dict,  # pylint: disable=redefined-builtin
+                data: str = "mnist5k", seed: int = 0) -> ml_collections.ConfigDict:
+  """The head of a config: task, seed, data block, input and model blocks (in that order)."""
+  c = ml_collections.ConfigDict()
+  c.task = task
+  c.seed = seed
+  c.data = data_config(data)
+  c.input = ml_collections.ConfigDict(input)
+  c.model = ml_collections.ConfigDict(model)
+  return c
+
+
 def variants(arg: str, valid: Iterable[str], config_file: str) -> set[str]:
   """The comma-separated variants of `arg`, checked against `valid`.
 

@@ -113,6 +113,7 @@ def _env(devices=2):
   return env
 
 
+@pytest.mark.slow  # three 2-device runs of scripts/train.py (minutes on 2 cores): -m slow
 def test_killed_run_resumes_bitwise_equal_to_an_uninterrupted_run(tmp_path):
   overrides = ("--config.num_steps=30", "--config.checkpoint_every=5", "--config.eval_every=30")
   subprocess.run(_train_cmd(tmp_path / "full", *overrides), env=_env(), check=True,

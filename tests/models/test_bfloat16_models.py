@@ -111,8 +111,13 @@ def _max_rel_diff(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "vae", "dcgan_generator",
-                                  "dcgan_discriminator", "domain_discriminator"])
+_SLOW = pytest.mark.slow  # compiles a float32 and a bf16 model each: -m slow
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "vae", pytest.param("resnet18", marks=_SLOW),
+                                  pytest.param("dcgan_generator", marks=_SLOW),
+                                  pytest.param("dcgan_discriminator", marks=_SLOW),
+                                  pytest.param("domain_discriminator", marks=_SLOW)])
 def test_bfloat16_outputs_are_near_float32_with_the_same_parameters(name):
   """Same float32 variables, evaluation mode: bf16 (8 significant bits, relative
   rounding 2^-9 per op) stays within 2% of the float32 output's range (measured:

@@ -43,8 +43,12 @@ def test_cgan_quick_trains_and_writes_a_sample_grid(tmp_path):
   assert np.isfinite(result["d_real"]) and np.isfinite(result["d_fake"])
   from PIL import Image
   grid = Image.open(tmp_path / "samples" / "step_0000001.png")
-  # 10 x 10 cells of 28 px with 2 px padding, upscaled x2.
-  assert grid.size == (2 * (10 * 30 + 2),) * 2
+  # 10 x 10 cells of 28 px with 2 px padding, upscaled x2; a conditional model's rows are
+  # labelled with their class names ('0'..'9') in a margin on the left.
+  width, height = grid.size
+  assert height == 2 * (10 * 30 + 2) and 2 * (10 * 30 + 2) < width < 2 * (10 * 30 + 2) + 40
+  margin = np.asarray(grid)[:, :width - 2 * (10 * 30 + 2)]
+  assert margin.max() > 128  # the labels are drawn
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   train_rows = [r for r in rows if r["split"] == "train"]
   assert {"d_loss", "g_loss", "d_real", "d_fake", "loss"} <= set(train_rows[-1])

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from research.models import efficientnet_lite
 from research.transfer import pretrained
@@ -22,6 +23,7 @@ def _logits(dtype, images):
   return jax.jit(model.apply)(variables, images)
 
 
+@pytest.mark.slow  # two 224 px Lite0 compiles (float32, bf16): -m slow
 def test_bf16_lite0_keeps_top1_and_logits_near_float32(photos):
   names, images, expected = photos
   want = _logits(jnp.float32, images)
