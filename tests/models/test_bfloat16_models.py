@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from research import models
-from research.models import efficientnet_lite as lite
+from research.models import depthwise
 from research.models import gan, strided_conv, vae
 
 BF16 = jnp.bfloat16
@@ -19,7 +19,7 @@ Z = jnp.asarray(np.random.default_rng(2).normal(size=(4, 16)), jnp.float32)
 
 # The layers whose outputs are the network's activations: in bf16 they compute in bf16.
 LAYERS = (nn.Conv, nn.ConvTranspose, nn.Dense, nn.BatchNorm, nn.Embed,
-          strided_conv.SubpixelConvTranspose, lite.DepthwiseConv)
+          strided_conv.SubpixelConvTranspose, depthwise.DepthwiseConv)
 
 
 def _classifier(name, x, **kw):
@@ -131,7 +131,7 @@ def test_bfloat16_outputs_are_near_float32_with_the_same_parameters(name):
   assert _max_rel_diff(got, want) < 0.02, (name, _max_rel_diff(got, want))
 
 
-@pytest.mark.parametrize("fn", [lite.depthwise_conv2d, lite.depthwise_conv2d_shifted])
+@pytest.mark.parametrize("fn", [depthwise.depthwise_conv2d, depthwise.depthwise_conv2d_shifted])
 def test_bf16_depthwise_convs_accumulate_in_float32(fn):
   """bf16 operands: the output is the float32 convolution of the same (bf16-valued)
   operands rounded once to bf16 (relative 2^-8), not a sum rounded at each of the

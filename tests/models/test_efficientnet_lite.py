@@ -8,6 +8,7 @@ import pytest
 
 from research import models
 from research import params as params_lib
+from research.models import depthwise
 from research.models import efficientnet_lite as lite
 
 
@@ -134,8 +135,8 @@ def test_cross_replica_batchnorm_equals_big_batch(small_lite0):
                stats_2, stats_1)
 
 
-@pytest.mark.parametrize("fn", [lite.depthwise_conv2d,
-                                lite.depthwise_conv2d_shifted])
+@pytest.mark.parametrize("fn", [depthwise.depthwise_conv2d,
+                                depthwise.depthwise_conv2d_shifted])
 @pytest.mark.parametrize("size,k,stride", [(9, 3, 1), (9, 5, 2), (8, 5, 2),
                                            (8, 3, 2), (7, 5, 1)])
 def test_depthwise_conv_gradients_match_xla(size, k, stride, fn):
