@@ -23,8 +23,25 @@ building and reading needs no TensorFlow and no network.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+
 import numpy as np
 import tensorflow_datasets as tfds
+
+
+@contextlib.contextmanager
+def file_lock(path: str):
+  """An exclusive lock on file `path` (created) across processes: concurrent runs (a
+  sweep, pytest-xdist workers, two hosts) prepare a dataset one at a time."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 _SPLIT_SEED = 20240601
 

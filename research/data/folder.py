@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -152,6 +153,18 @@ def prepare(name: str, data_dir: str, image_size: int, channels: int = 3,
   out = os.path.join(data_dir, f"folder_{fingerprint(listing, options)}")
   if os.path.exists(os.path.join(out, "report.json")):
     return out
+  with builders.file_lock(out + ".lock"):  # concurrent runs build it once
+    if not os.path.exists(os.path.join(out, "report.json")):
+      _build(root, listing, options, out)
+  return out
+
+
+def _build(root: str, listing: dict, options: dict, out: str) -> None:
+  """Decodes the listed images and writes the dataset, class_names.json and report.json
+  (last: its presence marks the dataset done) into `out`."""
+  image_size, channels = options["image_size"], options["channels"]
+  if os.path.isdir(out):  # a build that died before its report: start again
+    shutil.rmtree(out)
   names, skipped = listing["classes"], []
   if "all" in listing["splits"]:
     images, labels = _decode_all(listing["splits"]["all"], names, options, skipped)
@@ -182,7 +195,6 @@ def prepare(name: str, data_dir: str, image_size: int, channels: int = 3,
     print(f"folder dataset {root}: {len(skipped)} unreadable image(s) skipped"
           f"{' (' + first + ')' if first else ''}, {len(listing['ignored'])} non-image "
           f"file(s) ignored; report: {os.path.join(out, 'report.json')}", flush=True)
-  return out
 
 
 def source(name: str, split: str, data_dir: str, image_size: int, channels: int = 3,

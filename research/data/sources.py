@@ -7,9 +7,7 @@ deterministic and cheap to resume.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
-import fcntl
 import os
 import re
 
@@ -34,17 +32,6 @@ def names() -> list[str]:
   return sorted(builders.OFFLINE_BUILDERS) + list(KNOWN_TFDS)
 
 
-@contextlib.contextmanager
-def _file_lock(path: str):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _read_all(source) -> dict[str, np.ndarray]:
   n = len(source)
   try:
@@ -64,7 +51,7 @@ def _offline_source(name: str, split: str, data_dir: str):
   # same dataset at once. A builder reads dataset_info.json when it is
   # constructed, so one made before another process finished preparing has
   # empty splits: construct it under the lock, and again once it is prepared.
-  with _file_lock(os.path.join(data_dir, f".{name}.lock")):
+  with builders.file_lock(os.path.join(data_dir, f".{name}.lock")):
     builder = make()
     if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
       builder.download_and_prepare()

@@ -120,3 +120,26 @@ def test_quick_classify_config_on_the_png_folder_matches_the_builtin_dataset(mni
   assert list(builtin["per_class"]) == [str(d) for d in range(10)]
   with open(tmp_path / "folder" / "results.json") as f:
     assert list(json.load(f)["per_class"]) == DIGIT_NAMES
+
+
+def test_concurrent_runs_build_a_folder_dataset_once(tmp_path):
+  """A sweep starts several runs at once on the same new folder: each gets the dataset,
+  built once under a lock (without it, two builders race to rename the same directory)."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "pets"
+  rng = np.random.default_rng(0)
+  for c in ("cat", "dog"):
+    os.makedirs(root / c)
+    for i in range(10):
+      Image.fromarray(rng.integers(0, 255, (9, 9, 3), np.uint8)).save(root / c / f"{i}.png")
+  data_dir = str(tmp_path / "tfds")
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    outs = list(pool.map(lambda _: folder.prepare(f"folder:{root}", data_dir, 8), range(4)))
+  assert len(set(outs)) == 1
+  for split in ("train", "test"):
+    arrays = data.load(f"folder:{root}", split, data_dir, image_size=8)
+    assert arrays["image"].shape[1:] == (8, 8, 3)
+  # A build that died before writing its report is redone, not tripped over.
+  os.remove(os.path.join(outs[0], "report.json"))
+  assert folder.prepare(f"folder:{root}", data_dir, 8) == outs[0]
+  assert os.path.exists(os.path.join(outs[0], "report.json"))
