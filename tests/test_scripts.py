@@ -120,7 +120,7 @@ def test_compress_report_script_refuses_a_workdir_without_checkpoints(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("kind", ["vae", "gan"])
+@pytest.mark.parametrize("kind", ["vae", pytest.param("gan", marks=pytest.mark.slow)])
 def test_sample_script_writes_grids_and_a_balanced_npz(kind, request, tmp_path):
   workdir = request.getfixturevalue(f"{kind}_run")
   out = tmp_path / "samples"

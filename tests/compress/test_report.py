@@ -44,6 +44,7 @@ def test_sparse_bytes_closed_form():
   assert got == 13 + 3 * 4 + 5 * 4  # ceil(100/8) mask + 3 values + dense bias
 
 
+@pytest.mark.slow  # ~60 s; the compress_report script test covers the same path by default
 def test_compress_and_evaluate_end_to_end(tmp_path):
   model = _CNN()
   x, y = _data(512, 0)

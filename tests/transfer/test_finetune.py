@@ -111,7 +111,8 @@ def test_linear_probe_on_the_trainer_changes_only_the_head(tmp_path):
   assert sorted(x.size for x in buffers) == sorted(2 * [v.size for v in head.values()])
 
 
-@pytest.mark.parametrize("bn_mode", ["train", "frozen_stats", "frozen"])
+@pytest.mark.parametrize("bn_mode", [pytest.param("train", marks=pytest.mark.slow),
+                                     "frozen_stats", "frozen"])
 def test_batchnorm_modes(bn_mode):
   config = _config(bn_mode=bn_mode, **{"optimizer.name": "sgd", "optimizer.lr": 0.1,
                                        "optimizer.weight_decay": 0.0, "model.bn_momentum": 0.0})
