@@ -21,3 +21,15 @@ def tiny_classify_config(**overrides):
 @pytest.fixture(scope="session")
 def tiny_config():
   return tiny_classify_config
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+  """PyTorch on one thread for a module (use: pytestmark usefixtures): its tiny ops
+  then avoid OpenMP spin-waits on a busy (or xdist-shared) CPU. torch is imported
+  only by the modules that ask for it."""
+  import torch  # pylint: disable=g-import-not-at-top
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)

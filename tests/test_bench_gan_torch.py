@@ -12,7 +12,7 @@ import torch
 
 from research import config_lib, data
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 bench = config_lib.load_module(os.path.join(REPO, "benchmarks", "bench_gan_torch.py"),
@@ -20,14 +20,6 @@ bench = config_lib.load_module(os.path.join(REPO, "benchmarks", "bench_gan_torch
 reference = bench.reference()
 
 BATCH = 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
 
 
 def _perturbed(tree, seed, scale=0.1):

@@ -12,9 +12,8 @@ import torch
 
 from research import config_lib, data, optim
 from research.losses import elbo as elbo_lib
-from research.models import vae
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
@@ -23,15 +22,6 @@ bench = config_lib.load_module(os.path.join(REPO, "benchmarks", "bench_vae_torch
                                "_bench_vae_torch")
 reference = config_lib.load_module(os.path.join(REPO, "tests", "reference", "torch_vae.py"),
                                    "_torch_vae_reference")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-  """Tiny ops: one thread avoids OpenMP spin-waits on a busy (or xdist-shared) CPU."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
 
 
 NUM_STEPS = 3  # for the update test
