@@ -54,9 +54,9 @@ def class_names(cfg, num_classes: int = 0) -> list[str]:
   names; otherwise (or when there are fewer names than `num_classes`) the
   label numbers as strings.
   """
-  names_ = _sources.class_names(cfg.name, cfg.get("data_dir") or None,
-                                cfg.get("image_size", 0), cfg.get("folder_channels", 3),
-                                cfg.get("folder_resize", "crop"))
+  names_ = list(_sources.class_names(cfg.name, cfg.get("data_dir") or None,
+                                     cfg.get("image_size", 0), cfg.get("folder_channels", 3),
+                                     cfg.get("folder_resize", "crop")))
   if len(names_) < num_classes:
     names_ = names_ + [str(i) for i in range(len(names_), num_classes)]
   return names_

@@ -8,6 +8,7 @@ deterministic and cheap to resume.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 
@@ -114,9 +115,13 @@ def load(name: str, split: str, data_dir: str | None = None,
   return arrays
 
 
+@functools.lru_cache(maxsize=32)
 def class_names(name: str, data_dir: str | None = None, image_size: int = 0,
-                folder_channels: int = 3, folder_resize: str = "crop") -> list[str]:
+                folder_channels: int = 3, folder_resize: str = "crop") -> tuple[str, ...]:
   """Display names of dataset `name`'s classes, index = label.
+
+  Cached per process: every evaluation of a run asks again, and for a folder
+  dataset the answer would otherwise rescan the folder.
 
   A folder dataset: its class folder names (saved with the dataset). The digit
   datasets built offline: '0'..'9'. A named TFDS dataset: its ClassLabel names
@@ -125,15 +130,15 @@ def class_names(name: str, data_dir: str | None = None, image_size: int = 0,
   """
   data_dir = data_dir or DEFAULT_DATA_DIR
   if folder.is_folder(name):
-    return folder.class_names(name, data_dir, image_size, folder_channels, folder_resize)
+    return tuple(folder.class_names(name, data_dir, image_size, folder_channels, folder_resize))
   if name in builders.OFFLINE_BUILDERS:
-    return [str(d) for d in range(10)]
+    return tuple(str(d) for d in range(10))
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     label = tfds.builder(name, data_dir=data_dir).info.features["label"]
   except Exception:  # pylint: disable=broad-except  (unknown or unprepared: no names)
-    return []
-  return list(getattr(label, "names", None) or [])
+    return ()
+  return tuple(getattr(label, "names", None) or ())
 
 
 def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
