@@ -64,33 +64,21 @@ def make_config(seed: int = 0, **overrides):
                                     {"seed": seed, "progress": False, **overrides})
 
 
-class FlaxGAN:
+def one_device():
+  """benchmarks/one_device.py as a module."""
+  from research import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.load_module(os.path.join(REPO, "benchmarks", "one_device.py"),
+                                "_one_device")
+
+
+def FlaxGAN(config, seed: int = 0):  # pylint: disable=invalid-name
   """Ours: GANTask.train_step through research.parallel (one CPU device)."""
-
-  def __init__(self, config, seed: int = 0):
-    import jax  # pylint: disable=g-import-not-at-top
-    from research import parallel, tasks  # pylint: disable=g-import-not-at-top
-    self.jax, self.parallel = jax, parallel
-    self.config = config
-    self.task = tasks.get_task(config.task, config)
-    self.dp = parallel.DataParallel(self.task.train_step, None, mode="pmap",
-                                    devices=jax.local_devices()[:1])
-    n = config.batch_size
-    example = {"image": np.zeros((n,) + self.task.image_shape, np.uint8),
-               "label": np.zeros((n,), np.int32)}
-    init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(seed))
-    self.state = self.task.init_state(init_rng, example)
-    self.init_state = jax.device_get(self.state)
-    self.state = self.dp.put_state(self.state)
-    self.step = 0
-
-  def train_step(self, images, labels):
-    """One step on uint8 [N, H, W, C] images and int labels [N]; returns the metrics."""
-    batch = self.parallel.shard({"image": images, "label": labels}, 1)
-    self.state, metrics = self.dp.train_step(self.state, self.dp.put_batch(batch),
-                                             self.train_rng, np.int32(self.step))
-    self.step += 1
-    return metrics
+  from research import tasks  # pylint: disable=g-import-not-at-top
+  task = tasks.get_task(config.task, config)
+  n = config.batch_size
+  example = {"image": np.zeros((n,) + task.image_shape, np.uint8),
+             "label": np.zeros((n,), np.int32)}
+  return one_device().OneDeviceRun(config, seed, example, task=task)
 
 
 def make_peer(ref, config, flax_state, seed: int = 0):

@@ -65,6 +65,9 @@ def trainer_run_time(config, steps: int) -> float:
 def compare_prefetch(config, args, depths) -> int:
   from research import timing
   times = {d: [] for d in depths}
+  # One untimed run first: one-time costs (dataset preparation at a new image size,
+  # caches) would otherwise land in the first repeat's longer run.
+  trainer_run_time(config.copy_and_resolve_references(), args.steps)
   for r in range(args.repeats):
     for d in depths[r % len(depths):] + depths[:r % len(depths)]:  # rotate the order
       c = config.copy_and_resolve_references()

@@ -164,34 +164,32 @@ class TorchRun:
     return total / len(binary_test)
 
 
+def _one_device():
+  from research import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                             "one_device.py"), "_one_device")
+
+
 class FlaxRun:
-  """Ours: VAETask.train_step / eval_step through research.parallel, as the trainer runs them."""
+  """Ours: VAETask.train_step / eval_step through research.parallel, as the trainer runs them
+  (benchmarks/one_device.py), plus the test ELBO."""
 
   def __init__(self, config, seed: int):
-    import jax  # pylint: disable=g-import-not-at-top
-    from research import parallel, tasks  # pylint: disable=g-import-not-at-top
-    from research.tasks.base import DataContext  # pylint: disable=g-import-not-at-top
-    self.jax, self.parallel = jax, parallel
-    self.task = tasks.get_task(config.task, config)
-    ctx = DataContext(global_batch_size=config.batch_size, seed=seed)
-    self.eval_sets = self.task.eval_data(ctx)
-    devices = jax.local_devices()[:1]
-    self.dp = parallel.DataParallel(self.task.train_step, self.task.eval_step,
-                                    mode=config.get("parallel", "pmap"), devices=devices)
-    it = self.task.train_data(ctx)
-    example = next(it)
-    init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(seed))
-    self.state = self.task.init_state(init_rng, example)
-    self.init_params = jax.device_get(self.state.params)
-    self.state = self.dp.put_state(self.state)
-    self.step = 0
+    from research.tasks import base, get_task  # pylint: disable=g-import-not-at-top
+    ctx = base.DataContext(global_batch_size=config.batch_size, seed=seed)
+    task = get_task(config.task, config)
+    self.eval_sets = task.eval_data(ctx)
+    self.run = _one_device().OneDeviceRun(config, seed, next(task.train_data(ctx)),
+                                          with_eval=True, task=task)
+    self.init_params = self.run.init_state.params
+
+  def __getattr__(self, name):  # task, dp, state, train_rng, ... of the one-device run
+    if name == "run":
+      raise AttributeError(name)
+    return getattr(self.run, name)
 
   def train_step(self, images, labels):
-    batch = self.parallel.shard({"image": images, "label": labels}, 1)
-    self.state, metrics = self.dp.train_step(self.state, self.dp.put_batch(batch),
-                                             self.train_rng, np.int32(self.step))
-    self.step += 1
-    return metrics["loss"]
+    return self.run.train_step(images, labels)["loss"]
 
   def test_elbo(self) -> float:
     sums = None

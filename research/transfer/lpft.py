@@ -17,7 +17,6 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from research import data
 from research.transfer import features, probes

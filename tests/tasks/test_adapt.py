@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from research import config_lib, trainer
-from research.parallel import AXIS
 from research.tasks.adapt import METHODS, AdaptTask
 from research.tasks.base import DataContext
+from tests.steps import one_device_step
 
 _CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "digits_adapt.py")
 _DISC = ("dann", "cdan", "cdan_e", "importance")
@@ -84,18 +84,13 @@ def test_dann_step_reverses_the_discriminator_gradient_into_the_classifier():
     dom = 0.5 * (-jnp.mean(jnp.log(1 - p[:8])) - jnp.mean(jnp.log(p[8:])))
     return ce, dom
 
-  g_ce = jax.grad(lambda p: parts(p)[0])(state.params)
-  g_dom = jax.grad(lambda p: parts(p)[1])(state.params)
+  g_ce = jax.jit(jax.grad(lambda p: parts(p)[0]))(state.params)
+  g_dom = jax.jit(jax.grad(lambda p: parts(p)[1]))(state.params)
   want = jax.tree.map(lambda a, b: a - 0.5 * b, g_ce, g_dom)
 
   # Recover the gradient the step used from one plain-SGD update.
-  c.optimizer.name, c.optimizer.lr, c.optimizer.schedule = "sgd", 1.0, "constant"
-  c.optimizer.weight_decay = 0.0
-  task = AdaptTask(c)
-  state = task.init_state(jax.random.PRNGKey(0), batch)
-  step = jax.vmap(task.train_step, in_axes=(None, None, None), axis_name=AXIS, axis_size=1)
-  new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
-  got = jax.tree.map(lambda a, b: a - b[0], state.params, new_state.params)
+  _, state, new_state, metrics = _sgd_step_update(c, batch)
+  got = jax.tree.map(lambda a, b: a - b, state.params, new_state.params)
   ce, dom = parts(state.params)
   np.testing.assert_allclose(float(metrics["loss"][0]), float(ce + dom), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -108,8 +103,7 @@ def _sgd_step_update(c, batch):
   c.optimizer.weight_decay = 0.0
   task = AdaptTask(c)
   state = task.init_state(jax.random.PRNGKey(0), batch)
-  step = jax.vmap(task.train_step, in_axes=(None, None, None), axis_name=AXIS, axis_size=1)
-  new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
+  new_state, metrics = one_device_step(task)(state, batch, jax.random.PRNGKey(1))
   return task, state, jax.tree.map(lambda a: a[0], new_state), metrics
 
 
@@ -143,8 +137,8 @@ def test_cdan_e_step_matches_a_hand_written_randomized_map_and_entropy_weights()
                  + jnp.sum(w[8:] * -jnp.log(p[8:])) / w[8:].sum())
     return ce, dom
 
-  g_ce = jax.grad(lambda p: parts(p)[0])(state.params)
-  g_dom = jax.grad(lambda p: parts(p)[1])(state.params)
+  g_ce = jax.jit(jax.grad(lambda p: parts(p)[0]))(state.params)
+  g_dom = jax.jit(jax.grad(lambda p: parts(p)[1]))(state.params)
   want = jax.tree.map(lambda a, b: a - 0.5 * b, g_ce, g_dom)
   got = jax.tree.map(lambda a, b: a - b, state.params, new_state.params)
   ce, dom = parts(state.params)

@@ -7,6 +7,7 @@ from sklearn import metrics as skm
 from research.losses import classification as losses
 from research.metrics import classification as metrics
 from research.tasks.classify import ClassifyTask
+from tests.steps import one_device_step
 
 
 def test_cross_entropy_with_label_smoothing_matches_numpy():
@@ -45,8 +46,7 @@ def test_train_step_applies_the_configured_augmentation_on_the_device(tiny_confi
   batch = {"image": rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
            "label": rng.integers(0, 10, 8).astype(np.int32)}
   state = task.init_state(jax.random.PRNGKey(0), batch)
-  step = jax.jit(lambda s, b, r: jax.vmap(task.train_step, in_axes=(None, None, None),
-                                          axis_name="batch", axis_size=1)(s, b, r))
+  step = one_device_step(task)
   new, m = step(state, batch, jax.random.PRNGKey(1))
   assert np.isfinite(m["loss"]).all()
   changed = jax.tree.leaves(jax.tree.map(lambda a, b: np.any(np.asarray(a)[0] != np.asarray(b)),

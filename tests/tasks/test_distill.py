@@ -9,6 +9,7 @@ import pytest
 from research import params as P
 from research import config_lib, trainer
 from research.tasks.distill import DistillTask
+from tests.steps import one_device_step
 
 _CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mnist5k_distill.py")
 
@@ -70,8 +71,7 @@ def test_train_step_loss_is_the_kd_loss_computed_by_hand(teacher_dir):
   batch = {"image": rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
            "label": rng.integers(0, 10, 8).astype(np.int32)}
   state = task.init_state(jax.random.PRNGKey(0), batch)
-  step = jax.jit(lambda s, b, r: jax.vmap(task.train_step, in_axes=(None, None, None),
-                                          axis_name="batch", axis_size=1)(s, b, r))
+  step = one_device_step(task)
   new, metrics = step(state, batch, jax.random.PRNGKey(1))
 
   # Teacher logits from the teacher run loaded on its own (not through DistillTask).

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research import config_lib, parallel, tasks
+from research import config_lib, tasks
+from tests.steps import one_device_step
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 CONFIGS = os.path.join(REPO, "configs")
@@ -34,8 +35,7 @@ def _one_step(config):
   task = tasks.get_task(config.task, config)
   batch = _batch()
   state = task.init_state(jax.random.PRNGKey(0), batch)
-  step = jax.jit(lambda s, b, r: jax.vmap(task.train_step, in_axes=(None, None, None),
-                                          axis_name=parallel.AXIS, axis_size=1)(s, b, r))
+  step = one_device_step(task)
   new, metrics = step(state, batch, jax.random.PRNGKey(1))
   return state, jax.tree.map(lambda x: x[0], new), metrics
 

@@ -12,6 +12,7 @@ import pytest
 from research import params as P
 from research import trainer, transfer
 from research.tasks.classify import ClassifyTask
+from tests.steps import one_device_step
 
 _CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mnist5k_finetune.py")
 
@@ -50,8 +51,7 @@ def _batch(n=8, seed=0):
 
 
 def _one_step(task, state, batch, rng=1):
-  step = jax.jit(lambda s, b, r: jax.vmap(task.train_step, in_axes=(None, None, None),
-                                          axis_name="batch", axis_size=1)(s, b, r))
+  step = one_device_step(task)
   new, metrics = step(state, batch, jax.random.PRNGKey(rng))
   return jax.tree.map(lambda x: np.asarray(x)[0], new), metrics
 
@@ -123,10 +123,10 @@ def test_batchnorm_modes(bn_mode):
   # statistics); at init (mean 0, var 1) the random network's activations are tiny
   # and the scale gradients ~1e-9, below float32 resolution at scale 1.
   calibrate = ClassifyTask(_config(**{"model.bn_momentum": 0.0}))
-  _, stats = jax.vmap(lambda x: calibrate.apply(state.params, state.batch_stats, x, True,
-                                                jax.random.PRNGKey(3)),
-                      axis_name="batch", axis_size=1)(
-                          task.inputs(_batch(seed=1)["image"])[None])
+  _, stats = jax.jit(jax.vmap(lambda x: calibrate.apply(state.params, state.batch_stats, x,
+                                                        True, jax.random.PRNGKey(3)),
+                              axis_name="batch", axis_size=1))(
+                                  task.inputs(_batch(seed=1)["image"])[None])
   state = state.replace(batch_stats=jax.tree.map(lambda v: v[0], stats))
   new, _ = _one_step(task, state, batch)
   stats, stats0 = P.flatten(new.batch_stats), P.flatten(state.batch_stats)
@@ -206,7 +206,7 @@ def test_layer_decay_multipliers_reach_the_optimizer():
                               train=True, use_running_average=True)
     logp = jax.nn.log_softmax(logits)
     return -jnp.mean(logp[jnp.arange(8), batch["label"]])
-  grads = P.flatten(jax.grad(loss)(state.params))
+  grads = P.flatten(jax.jit(jax.grad(loss))(state.params))
   blocks = sorted({int(n.split("/")[0][6:]) for n in grads if n.startswith("block_")})
   n = len(blocks)
   assert blocks == list(range(n)) and n == 7
