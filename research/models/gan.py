@@ -75,9 +75,9 @@ class Generator(nn.Module):
     num_classes: classes for conditioning (ignored when `conditioning=None`).
     conditioning: None, 'embed' or 'cbn'.
     axis_name: device axis for cross-device BatchNorm in training.
-    fast_strided_convs: compute the transposed convs as stride-1 convs +
-      depth-to-space (`research.models.strided_conv`; same function and
-      parameters, much faster gradients on the CPU).
+    fast_strided_convs: compute the transposed convs' kernel gradients as
+      strided convolutions' (`research.models.strided_conv`; same function
+      and parameters, much faster gradients on the CPU).
     dtype: computation dtype (float32, or bfloat16 for mixed precision).
   """
   image_size: int = 28

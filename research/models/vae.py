@@ -103,10 +103,10 @@ class VAE(nn.Module):
     likelihood: one of `LIKELIHOODS` (sets the decoder's outputs).
     num_classes: None for an unconditional VAE; else a CVAE (Sohn et al. 2015)
       whose encoder and decoder both see the one-hot label.
-    fast_strided_convs: compute the stride-2 convs and transposed convs as
-      stride-1 convs (`research.models.strided_conv`): the same function and
-      parameters; XLA on the CPU runs their gradients on a slow path
-      otherwise (the train step was ~4x slower than PyTorch's).
+    fast_strided_convs: compute the stride-2 convs and transposed convs in
+      the forms XLA's CPU backend runs fastest (`research.models.strided_conv`):
+      the same function and parameters; XLA on the CPU runs their gradients
+      on a slow path otherwise (the train step was ~4x slower than PyTorch's).
     dtype: computation dtype (float32, or bfloat16 for mixed precision);
       parameters, (mean, log_var) and the decoder's outputs are float32.
   """

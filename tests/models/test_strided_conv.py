@@ -84,7 +84,7 @@ def test_conv_s2d_falls_back_for_other_convs():
     (7, 4, 'SAME'), (14, 4, 'SAME'), (6, 3, 'SAME'), (5, 5, 'SAME'),
     (7, 4, 'VALID'), (6, 2, 'SAME'), (4, 3, 'VALID'),
 ])
-@pytest.mark.parametrize('features', [3, 8])  # lax, one conv per phase
+@pytest.mark.parametrize('features', [3, 8])
 def test_conv_transpose_subpixel_matches_lax(size, kernel, padding, features):
   x, k = _data((2, size, size + 2, 6), (kernel, kernel, 6, features), seed=1)
   ref = lambda x, k: lax.conv_transpose(x, k, (2, 2), padding,
@@ -107,22 +107,25 @@ def test_conv_transpose_one_tap_kernel_matches_lax():
     _check(fast, ref, x, k)
 
 
-def test_conv_transpose_path_by_features():
-  """Up to LAX_TRANSPOSE_MAX_FEATURES outputs: lax's op itself (bitwise);
-  more: four stride-1 convs (one per output phase), no dilated conv."""
-  o = strided_conv.LAX_TRANSPOSE_MAX_FEATURES
+@pytest.mark.parametrize('features', [1, 8])
+def test_conv_transpose_gradients_are_undilated_convs(features):
+  """The forward pass is lax's op itself (bitwise); the backward pass is two
+  convolutions without a dilated input: the input gradient (stride 2) and the
+  kernel gradient of a stride-2 convolution (XLA's rule would convolve the
+  2x dilated input, off YNNPACK's fast path)."""
   f = lambda x, k: strided_conv.conv_transpose_subpixel(x, k, (2, 2), 'SAME')
-  x, k = _data((2, 14, 14, 6), (4, 4, 6, o), seed=2)
+  x, k = _data((2, 7, 7, 6), (4, 4, 6, features), seed=2)
   np.testing.assert_array_equal(
       f(x, k), lax.conv_transpose(x, k, (2, 2), 'SAME', dimension_numbers=NHWC))
-  x, k = _data((2, 7, 7, 6), (4, 4, 6, o + 1), seed=2)
-  convs = [e for e in _eqns(jax.make_jaxpr(f)(x, k).jaxpr)
+  grad = jax.grad(lambda x, k: jnp.sum(f(x, k) ** 2), (0, 1))
+  convs = [e for e in _eqns(jax.make_jaxpr(grad)(x, k).jaxpr)
            if e.primitive.name == 'conv_general_dilated']
-  assert len(convs) == 4
-  for e in convs:
-    assert tuple(e.params['lhs_dilation']) == (1, 1)
-    assert tuple(e.params['window_strides']) == (1, 1)
-    assert e.invars[1].aval.shape[:2] == (2, 2)  # only the phase's taps
+  dilated = [e for e in convs if tuple(e.params['lhs_dilation']) != (1, 1)]
+  assert len(convs) == 3 and len(dilated) == 1  # the forward pass
+  assert dilated[0].outvars[0].aval.shape == (2, 14, 14, features)
+  kernel_grad = [e for e in convs if e.outvars[0].aval.shape[:2] == (4, 4)]
+  assert len(kernel_grad) == 1
+  assert tuple(kernel_grad[0].params['rhs_dilation']) == (2, 2)
 
 
 def test_subpixel_module_is_flax_conv_transpose():
