@@ -125,12 +125,7 @@ def main(argv=None) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from research import data, timing  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(args.threads)
-  cores = len(os.sched_getaffinity(0))
-  if args.threads != cores:
-    print(f"WARNING: torch uses {args.threads} threads but XLA's pool has {cores} "
-          f"(visible cores); run under `taskset -c 0-{args.threads - 1}` to match.",
-          flush=True)
+  cores = one_device().match_torch_threads(torch, args.threads)
   config = make_config(args.seed)
   ours = FlaxGAN(config, args.seed)
   peer = make_peer(reference(), config, ours.init_state, args.seed)

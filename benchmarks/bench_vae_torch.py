@@ -355,12 +355,7 @@ def main(argv=None) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from research import data, timing  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(args.threads)
-  cores = len(os.sched_getaffinity(0))
-  if args.threads != cores:
-    print(f"WARNING: torch uses {args.threads} threads but XLA's pool has {cores} "
-          f"(visible cores); run under `taskset -c 0-{args.threads - 1}` to match.",
-          flush=True)
+  cores = _one_device().match_torch_threads(torch, args.threads)
   n_train = len(data.load_train(make_config(0, 1).data)["image"])
   steps_per_epoch = -(-n_train // 128)
   meta = {"epochs": args.epochs, "steps_per_epoch": steps_per_epoch, "batch_size": 128,

@@ -4,12 +4,27 @@ CPU device, with the trainer's key protocol (`init, train = split(PRNGKey(seed))
 per-step keys folded from the step), i.e. what `research.trainer` runs, without
 its logging, evaluation schedule and checkpoints.
 
+`match_torch_threads` gives PyTorch the same number of threads.
+
 Loaded by benchmarks/bench_vae_torch.py and bench_gan_torch.py with
 `research.config_lib.load_module` (they also run as imported modules in tests).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+
+def match_torch_threads(torch, threads: int) -> int:
+  """`torch.set_num_threads(threads)`, with a warning when XLA's CPU pool (sized
+  to the visible cores) differs; returns the number of visible cores."""
+  torch.set_num_threads(threads)
+  cores = len(os.sched_getaffinity(0))
+  if threads != cores:
+    print(f"WARNING: torch uses {threads} threads but XLA's pool has {cores} "
+          f"(visible cores); run under `taskset -c 0-{threads - 1}` to match.", flush=True)
+  return cores
 
 
 class OneDeviceRun:
