@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -184,14 +183,8 @@ def main(argv=None) -> int:
   result = {"meta": meta, "summary": summary,
             "step_seconds": {k: v.wall for k, v in timed.items()},
             "step_cpu_seconds": {k: v.cpu for k, v in timed.items()}}
-  targets = [os.path.join(args.out, "results")] + ([DOCS] if args.docs else [])
-  for stem in targets:
-    os.makedirs(os.path.dirname(stem), exist_ok=True)
-    with open(stem + ".md", "w") as f:
-      f.write(table)
-    with open(stem + ".json", "w") as f:
-      json.dump(result, f, indent=2)
-    print(f"wrote {stem}.md and .json", flush=True)
+  one_device().write_results(
+      [os.path.join(args.out, "results")] + ([DOCS] if args.docs else []), table, result)
   return 0
 
 

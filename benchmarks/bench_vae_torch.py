@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import statistics
@@ -375,14 +374,10 @@ def main(argv=None) -> int:
   summary = summarize(results)
   table = markdown(summary, seeds, meta)
   print("\n" + table, flush=True)
-  stems = [os.path.join(args.out, "results")] + ([DOCS] if args.docs else [])
-  for stem in stems:
-    os.makedirs(os.path.dirname(stem), exist_ok=True)
-    with open(stem + ".md", "w") as f:
-      f.write(table)
-    with open(stem + ".json", "w") as f:
-      json.dump({"meta": meta, "summary": summary, "runs": results}, f, indent=2)
-    print(f"wrote {stem}.md and .json ({meta['wall_seconds']:.0f} s wall)", flush=True)
+  _one_device().write_results(
+      [os.path.join(args.out, "results")] + ([DOCS] if args.docs else []), table,
+      {"meta": meta, "summary": summary, "runs": results},
+      f" ({meta['wall_seconds']:.0f} s wall)")
   return 0
 
 

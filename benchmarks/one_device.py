@@ -4,13 +4,15 @@ CPU device, with the trainer's key protocol (`init, train = split(PRNGKey(seed))
 per-step keys folded from the step), i.e. what `research.trainer` runs, without
 its logging, evaluation schedule and checkpoints.
 
-`match_torch_threads` gives PyTorch the same number of threads.
+`match_torch_threads` gives PyTorch the same number of threads;
+`write_results` writes a benchmark's table and JSON.
 
 Loaded by benchmarks/bench_vae_torch.py and bench_gan_torch.py with
 `research.config_lib.load_module` (they also run as imported modules in tests).
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -25,6 +27,17 @@ def match_torch_threads(torch, threads: int) -> int:
     print(f"WARNING: torch uses {threads} threads but XLA's pool has {cores} "
           f"(visible cores); run under `taskset -c 0-{threads - 1}` to match.", flush=True)
   return cores
+
+
+def write_results(stems, table: str, result: dict, note: str = "") -> None:
+  """`table` to STEM.md and `result` to STEM.json for each path stem in `stems`."""
+  for stem in stems:
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    with open(stem + ".md", "w") as f:
+      f.write(table)
+    with open(stem + ".json", "w") as f:
+      json.dump(result, f, indent=2)
+    print(f"wrote {stem}.md and .json{note}", flush=True)
 
 
 class OneDeviceRun:

@@ -15,13 +15,7 @@ from __future__ import annotations
 
 from jax import lax
 
-
-def _is_nhwc(dimension_numbers) -> bool:
-  if dimension_numbers is None:
-    return False
-  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
-    return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-  return tuple(dimension_numbers) == ('NHWC', 'HWIO', 'NHWC')
+from research.models.strided_conv import is_nhwc
 
 
 def pointwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -39,7 +33,7 @@ def pointwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
            any(d != 1 for d in (lhs_dilation or (1, 1))) or
            any(d != 1 for d in (rhs_dilation or (1, 1))) or
            feature_group_count != 1 or batch_group_count != 1 or
-           not _is_nhwc(dimension_numbers))
+           not is_nhwc(dimension_numbers))
   if plain:
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,

@@ -46,7 +46,8 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 PATCHES_MAX_CHANNELS = 4
 
 
-def _is_nhwc(dimension_numbers) -> bool:
+def is_nhwc(dimension_numbers) -> bool:
+  """Whether conv `dimension_numbers` are NHWC / HWIO / NHWC (Flax's layout)."""
   if dimension_numbers is None:
     return False
   if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
@@ -73,7 +74,7 @@ def conv_s2d(lhs, rhs, window_strides, padding, lhs_dilation=None,
            kw % 2 or any(d != 1 for d in (lhs_dilation or (1, 1))) or
            any(d != 1 for d in (rhs_dilation or (1, 1))) or
            feature_group_count != 1 or batch_group_count != 1 or
-           not _is_nhwc(dimension_numbers) or
+           not is_nhwc(dimension_numbers) or
            lhs.shape[-1] > PATCHES_MAX_CHANNELS)
   if plain:
     return lax.conv_general_dilated(

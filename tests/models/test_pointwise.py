@@ -7,6 +7,7 @@ from jax import lax
 
 from research.models import pointwise
 from research.models.efficientnet_lite import EfficientNetLite, MBConvBlock
+from tests.jaxprs import equations
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -71,15 +72,6 @@ def test_efficientnet_lite_runs_every_1x1_conv_as_a_product():
   # 7 blocks (the first without an expand conv): 6 expand + 7 project + top = 14.
   for model, pointwise_convs in zip(models, (0, 14)):
     jaxpr = jax.make_jaxpr(lambda v, m=model: m.apply(v, x))(shapes[0])
-    kernels = [e.invars[1].aval.shape for e in _eqns(jaxpr.jaxpr)
+    kernels = [e.invars[1].aval.shape for e in equations(jaxpr.jaxpr)
                if e.primitive.name == 'conv_general_dilated']
     assert sum(k[:2] == (1, 1) for k in kernels) == pointwise_convs, kernels
-
-
-def _eqns(jaxpr):
-  for e in jaxpr.eqns:
-    yield e
-    for v in e.params.values():
-      sub = getattr(v, 'jaxpr', v)
-      if hasattr(sub, 'eqns'):
-        yield from _eqns(sub)

@@ -8,6 +8,7 @@ from jax import lax
 
 from research.models import strided_conv
 from research.models.vae import VAE
+from tests.jaxprs import equations
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -41,18 +42,8 @@ def test_conv_s2d_matches_lax(size, kernel, padding, channels):
   _check(fast, ref, x, k)
 
 
-def _eqns(jaxpr):
-  """Every equation of `jaxpr`, including those inside called sub-jaxprs."""
-  for e in jaxpr.eqns:
-    yield e
-    for v in e.params.values():
-      sub = getattr(v, 'jaxpr', v)
-      if hasattr(sub, 'eqns'):
-        yield from _eqns(sub)
-
-
 def _primitives(fn, *args):
-  return {e.primitive.name for e in _eqns(jax.make_jaxpr(fn)(*args).jaxpr)}
+  return {e.primitive.name for e in equations(jax.make_jaxpr(fn)(*args).jaxpr)}
 
 
 def test_conv_s2d_path_by_channels():
@@ -118,7 +109,7 @@ def test_conv_transpose_gradients_are_undilated_convs(features):
   np.testing.assert_array_equal(
       f(x, k), lax.conv_transpose(x, k, (2, 2), 'SAME', dimension_numbers=NHWC))
   grad = jax.grad(lambda x, k: jnp.sum(f(x, k) ** 2), (0, 1))
-  convs = [e for e in _eqns(jax.make_jaxpr(grad)(x, k).jaxpr)
+  convs = [e for e in equations(jax.make_jaxpr(grad)(x, k).jaxpr)
            if e.primitive.name == 'conv_general_dilated']
   dilated = [e for e in convs if tuple(e.params['lhs_dilation']) != (1, 1)]
   assert len(convs) == 3 and len(dilated) == 1  # the forward pass
